@@ -1,0 +1,111 @@
+"""Coordinate frames of the Qwen-VL families.
+
+Each family answers boxes in its own frame, and ground truth must be written in that
+frame or the reward is silently capped:
+
+- ``qwen2_5_vl``: absolute pixels of the image the model was fed, i.e. after
+  ``smart_resize`` with factor 28 (patch 14, 2x2 merge).
+- ``qwen2_vl`` and ``qwen3_vl``: 0-1000 relative coordinates, whatever the image size.
+  Qwen3-VL's vision patch is 16, so its resize factor is 32.
+
+Sizes are ``(width, height)`` throughout, as PIL and the answer boxes use them.
+"""
+
+from __future__ import annotations
+
+import math
+
+MODEL_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+RELATIVE_SCALE = 1000  # Qwen2-VL / Qwen3-VL answer in [0, 1000]
+RESIZE_FACTOR = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
+# The paper's and verl's pixel bounds (verl passes them to qwen_vl_utils.fetch_image).
+DEFAULT_MIN_PIXELS = 3136
+DEFAULT_MAX_PIXELS = 1_000_000
+_MAX_ASPECT = 200  # the processors refuse more extreme aspect ratios
+
+
+def check_family(family: str) -> str:
+    """Return ``family`` if known, else raise a ValueError naming the choices."""
+    if family not in RESIZE_FACTOR:
+        raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
+    return family
+
+
+def smart_resize(
+    width: int,
+    height: int,
+    factor: int = 28,
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """The Qwen-VL processors' resize rule, as ``(width, height)``.
+
+    Both sides become multiples of ``factor`` and the area is brought inside
+    ``[min_pixels, max_pixels]`` keeping the aspect ratio (``qwen_vl_utils.smart_resize``
+    is the oracle in the tests; note its argument order is height, width).
+
+    >>> smart_resize(640, 480)
+    (644, 476)
+    >>> smart_resize(4000, 3000)
+    (1148, 868)
+    """
+    if min(width, height) <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if max(width, height) / min(width, height) > _MAX_ASPECT:
+        raise ValueError(f"aspect ratio of {width}x{height} exceeds {_MAX_ASPECT}")
+    w_bar = max(factor, round(width / factor) * factor)
+    h_bar = max(factor, round(height / factor) * factor)
+    if w_bar * h_bar > max_pixels:
+        beta = math.sqrt(width * height / max_pixels)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+    elif w_bar * h_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (width * height))
+        w_bar = math.ceil(width * beta / factor) * factor
+        h_bar = math.ceil(height * beta / factor) * factor
+    return w_bar, h_bar
+
+
+def input_size(
+    family: str,
+    image_size: tuple[int, int],
+    min_pixels: int = DEFAULT_MIN_PIXELS,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Size ``(width, height)`` of the image the model sees for an original ``image_size``."""
+    return smart_resize(*image_size, RESIZE_FACTOR[check_family(family)], min_pixels, max_pixels)
+
+
+def answer_frame(family: str, input_wh: tuple[int, int]) -> tuple[int, int]:
+    """Extent ``(width, height)`` of the coordinates the family answers in.
+
+    >>> answer_frame("qwen2_5_vl", (644, 476))
+    (644, 476)
+    >>> answer_frame("qwen2_vl", (644, 476))
+    (1000, 1000)
+    """
+    if check_family(family) == "qwen2_5_vl":
+        return tuple(input_wh)
+    return (RELATIVE_SCALE, RELATIVE_SCALE)
+
+
+def scale_box(box, src: tuple[float, float], dst: tuple[float, float]) -> list[float]:
+    """Map ``[x1, y1, x2, y2]`` from a frame of size ``src`` to one of size ``dst``.
+
+    >>> scale_box([10, 20, 30, 40], (100, 200), (1000, 1000))
+    [100.0, 100.0, 300.0, 200.0]
+    """
+    sx, sy = dst[0] / src[0], dst[1] / src[1]
+    x1, y1, x2, y2 = box
+    return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+
+
+def clip_box(box, frame: tuple[float, float]) -> list[float]:
+    """Clip ``[x1, y1, x2, y2]`` to ``[0, W] x [0, H]``.
+
+    >>> clip_box([-5, 10, 120, 50], (100, 100))
+    [0, 10, 100, 50]
+    """
+    w, h = frame
+    x1, y1, x2, y2 = box
+    return [min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)]
