@@ -1,0 +1,80 @@
+"""Object counting (PixMo-Count): the model lists one point or box per object."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from ..frames import RELATIVE_SCALE
+from ..parsing import parse_answer
+from .format import format_score
+from .registry import register
+
+
+@register("counting")
+@dataclass(frozen=True)
+class CountingReward:
+    """The paper's count reward: ``count_weight * ratio * location + format_weight * format``.
+
+    ``ratio = min(P, G) / max(P, G)`` for P predicted and G true objects; ``location =
+    1 - mean distance / frame diagonal`` over the Hungarian matching of predicted points
+    (box centres for boxes) to the true points. A true count of 0 answered with an empty
+    list is correct (ratio and location 1); ground truth without points scores the count
+    alone. Range ``[0, count_weight + format_weight]``. ``exact`` (P == G) is logged.
+
+    >>> gt = CountingReward.prepare({"count": 2, "points": [[10, 10], [50, 50]], "frame": [100, 100]})
+    >>> r = CountingReward()('[{"point_2d": [10, 10]}, {"point_2d": [50, 50]}]', gt)
+    >>> r["score"], r["count"], r["exact"]
+    (2.0, 2.0, 1.0)
+    >>> CountingReward()('[{"point_2d": [10, 10]}]', gt)["ratio"]
+    0.5
+    >>> CountingReward()("[]", CountingReward.prepare({"count": 0, "points": []}))["score"]
+    2.0
+    """
+
+    count_weight: float = 1.0
+    format_weight: float = 1.0
+
+    @property
+    def max_score(self) -> float:
+        return self.count_weight + self.format_weight
+
+    @staticmethod
+    def prepare(gt: dict) -> tuple:
+        count = int(gt["count"])
+        points = np.asarray(gt.get("points") or np.zeros((0, 2)), dtype=np.float64).reshape(-1, 2)
+        if count < 0 or (len(points) and len(points) != count):
+            raise ValueError(f"counting ground truth has count {count} but {len(points)} points")
+        width, height = gt.get("frame") or (RELATIVE_SCALE, RELATIVE_SCALE)
+        points.setflags(write=False)
+        return count, points, math.hypot(width, height)
+
+    def __call__(self, completion: str, gt: tuple, think: bool = False, style: str | None = None) -> dict:
+        count, gt_points, diagonal = gt
+        answer = parse_answer(completion, think)
+        fmt = format_score(answer, style)
+        points = answer.points
+        if len(answer.boxes):
+            centres = (answer.boxes[:, :2] + answer.boxes[:, 2:]) / 2
+            points = np.concatenate([points, centres]) if len(points) else centres
+        n = len(points)
+        if not answer.parsed:
+            ratio = location = 0.0
+        else:
+            ratio = min(n, count) / max(n, count) if max(n, count) else 1.0
+            location = 1.0 if ratio else 0.0
+            if n and len(gt_points):
+                dist = np.linalg.norm(points[:, None, :] - gt_points[None, :, :], axis=-1)
+                rows, cols = linear_sum_assignment(dist)
+                location = max(0.0, 1.0 - float(dist[rows, cols].mean()) / diagonal)
+        return {
+            "score": self.count_weight * ratio * location + self.format_weight * fmt,
+            "count": float(n),
+            "exact": float(answer.parsed and n == count),
+            "ratio": ratio,
+            "location": location,
+            "format": fmt,
+        }

@@ -1,0 +1,39 @@
+"""Format rewards: did the completion answer in the style the prompt asked for?
+
+The released grounding regex has unescaped ``|`` and pays full format reward to any text
+starting with ``<``; here a style is only granted when the parser recognised a complete
+answer of that style.
+"""
+
+from __future__ import annotations
+
+from ..parsing import Answer
+
+# The answer style each model family is prompted for.
+STYLE_OF_FAMILY = {"qwen2_vl": "box_tokens", "qwen2_5_vl": "json", "qwen3_vl": "json"}
+
+
+def format_score(answer: Answer, style: str | None = None, single: bool = False, n_bad: int = 0) -> float:
+    """1 for a complete, well-formed answer in the expected ``style``; partial credit per item.
+
+    0 when the think/answer tags are not as asked, the answer was cut off, nothing parsed,
+    or the style differs from ``style`` (``None`` accepts any). With ``single`` exactly one
+    well-formed object is required. Otherwise the share of well-formed objects counts,
+    ``n_bad`` adding items the task cannot use; an empty list is well-formed.
+
+    >>> from perception_r1_verl.parsing import parse_answer
+    >>> format_score(parse_answer('[{"bbox_2d": [1, 2, 3, 4]}, {"bbox_2d": [5, 6]}]'), "json")
+    0.5
+    >>> format_score(parse_answer('<|box_start|>oops'), "box_tokens")
+    0.0
+    """
+    if not answer.tags_ok or answer.truncated or not answer.parsed:
+        return 0.0
+    if style is not None and answer.style != style:
+        return 0.0
+    bad = answer.n_invalid + n_bad
+    if single:
+        return 1.0 if answer.n_items == 1 and bad == 0 else 0.0
+    if answer.n_items == 0:
+        return 1.0
+    return max(0.0, 1.0 - bad / answer.n_items)

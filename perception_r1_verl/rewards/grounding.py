@@ -1,0 +1,72 @@
+"""Visual grounding (RefCOCO/+/g): one box for one referring expression."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..boxes import iou
+from ..frames import clip_box
+from ..parsing import parse_answer
+from .format import format_score
+from .registry import register
+
+IOU_SHAPES = ("iou", "iou_squared", "iou_at_0.5")
+
+
+@register("grounding")
+@dataclass(frozen=True)
+class GroundingReward:
+    """``iou_weight * shape(IoU) + format_weight * format``, in ``[0, iou_weight + format_weight]``.
+
+    The first well-formed box is scored, clipped to the frame; format requires exactly one.
+    ``iou_shape``: ``iou`` (the paper), ``iou_squared`` (the released code) or
+    ``iou_at_0.5`` (1 when IoU >= 0.5).
+
+    >>> gt = GroundingReward.prepare({"bbox_2d": [0, 0, 10, 10], "frame": [100, 100]})
+    >>> r = GroundingReward()('[{"bbox_2d": [0, 0, 10, 5]}]', gt)
+    >>> r["score"], r["iou"], r["format"]
+    (1.5, 0.5, 1.0)
+    >>> GroundingReward(iou_shape="iou_squared")('[0, 0, 10, 5]', gt)["score"]
+    1.25
+    """
+
+    iou_shape: str = "iou"
+    iou_weight: float = 1.0
+    format_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.iou_shape not in IOU_SHAPES:
+            raise ValueError(f"iou_shape must be one of {IOU_SHAPES}, got {self.iou_shape!r}")
+
+    @property
+    def max_score(self) -> float:
+        return self.iou_weight + self.format_weight
+
+    @staticmethod
+    def prepare(gt: dict) -> tuple:
+        box = [float(v) for v in gt["bbox_2d"]]
+        if len(box) != 4:
+            raise ValueError(f"grounding bbox_2d needs 4 numbers, got {gt['bbox_2d']!r}")
+        frame = tuple(gt["frame"]) if gt.get("frame") else None
+        return (clip_box(box, frame) if frame else box), frame
+
+    def __call__(self, completion: str, gt: tuple, think: bool = False, style: str | None = None) -> dict:
+        gt_box, frame = gt
+        answer = parse_answer(completion, think)
+        fmt = format_score(answer, style, single=True)
+        value = 0.0
+        if len(answer.boxes):
+            box = answer.boxes[0].tolist()
+            value = iou(clip_box(box, frame) if frame else box, gt_box)
+        if self.iou_shape == "iou_squared":
+            shaped = value * value
+        elif self.iou_shape == "iou_at_0.5":
+            shaped = float(value >= 0.5)
+        else:
+            shaped = value
+        return {
+            "score": self.iou_weight * shaped + self.format_weight * fmt,
+            "iou": value,
+            "acc@0.5": float(value >= 0.5),
+            "format": fmt,
+        }
