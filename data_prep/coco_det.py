@@ -1,0 +1,12 @@
+"""COCO-format detection annotations -> verl multimodal parquet. `python data_prep/coco_det.py --help`; see README, *Preparing data*."""
+
+import os
+import sys
+
+# data_prep/inspect.py would shadow the standard library's inspect module for scripts run from here.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from perception_r1_verl.data.coco import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

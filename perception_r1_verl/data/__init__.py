@@ -1,0 +1,1 @@
+"""Dataset converters to verl's multimodal parquet (see README, *Preparing data*)."""

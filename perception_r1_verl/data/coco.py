@@ -1,0 +1,194 @@
+"""COCO-format detection annotations -> detection rows.
+
+Any COCO-format file works (category names come from its ``categories`` table, ids may
+start at 0). Crowd regions (``iscrowd=1``) are not targets: they mark many objects at
+once and COCO's own evaluation ignores detections on them. By default the prompt lists
+every category of the file, as the paper does for COCO's 80; ``prompt_categories=
+"present"`` lists only those in the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import orjson
+
+from perception_r1_verl.data.common import (
+    ConvertOptions,
+    DataError,
+    Geometry,
+    Job,
+    Stats,
+    add_common_args,
+    convert,
+    is_duplicate,
+    is_number,
+    make_row,
+    run_cli,
+)
+from perception_r1_verl.prompts import prompt_text
+
+PROMPT_CATEGORIES = ("all", "present")
+
+
+def load_coco(annotations: Path, images: Path, stats: Stats) -> tuple[list[Job], dict[int, str]]:
+    """Jobs (one per image, objects as ``(xyxy, category_id)``) and the category table."""
+    try:
+        data = orjson.loads(Path(annotations).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise DataError(f"cannot read COCO annotations {annotations}: {e}") from e
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
+        raise DataError(f"{annotations} is not COCO format: needs 'images' and 'categories' lists")
+    categories: dict[int, str] = {}
+    for cat in data["categories"]:
+        where = f"category {cat.get('id') if isinstance(cat, dict) else cat!r}"
+        if not (isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)):
+            stats.hit("malformed_record", where)
+        elif not is_duplicate(cat["id"], categories, stats, where):
+            categories[cat["id"]] = cat["name"]
+    jobs: dict[int, Job] = {}
+    for img in data["images"]:
+        job = _image_job(img, Path(images), stats)
+        if job is not None and not is_duplicate(int(job.source_id), jobs, stats, job.record):
+            jobs[int(job.source_id)] = job
+    seen_ann: set = set()
+    for ann in data.get("annotations") or []:
+        _add_annotation(ann, jobs, categories, seen_ann, stats)
+    return list(jobs.values()), categories
+
+
+def _image_job(img, images: Path, stats: Stats) -> Job | None:
+    ok = (
+        isinstance(img, dict)
+        and isinstance(img.get("id"), int)
+        and isinstance(img.get("file_name"), str)
+        and all(isinstance(img.get(k), int) and img[k] > 0 for k in ("width", "height"))
+    )
+    if not ok:
+        stats.hit("malformed_record", f"image {img.get('id') if isinstance(img, dict) else img!r}")
+        return None
+    return Job(
+        source_id=str(img["id"]),
+        image=images / img["file_name"],
+        record=f"image id {img['id']} ({img['file_name']})",
+        payload=[],
+        expected_size=(img["width"], img["height"]),
+    )
+
+
+def _add_annotation(ann, jobs: dict[int, Job], categories: dict, seen: set, stats: Stats) -> None:
+    if not isinstance(ann, dict):
+        stats.hit("malformed_record", f"annotation {ann!r}")
+        return
+    where = f"annotation id {ann.get('id')} (image id {ann.get('image_id')})"
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_number, bbox))):
+        stats.hit("malformed_record", f"{where}: bbox {bbox!r}")
+        return
+    if is_duplicate(ann.get("id"), seen, stats, where):
+        return
+    seen.add(ann.get("id"))
+    if ann.get("image_id") not in jobs:
+        stats.hit("unknown_image", where)
+    elif ann.get("category_id") not in categories:
+        stats.hit("unknown_category", f"{where}: category id {ann.get('category_id')!r}")
+    elif ann.get("iscrowd"):
+        stats.hit("crowd_ignored", where)
+    else:
+        x, y, w, h = bbox
+        jobs[ann["image_id"]].payload.append(([x, y, x + w, y + h], ann["category_id"], where))
+
+
+def detection_builder(
+    categories: dict[int, str],
+    options: ConvertOptions,
+    prompt_categories: str = "all",
+    keep_empty: bool = False,
+    data_source: str = "coco",
+):
+    """The ``build_row`` for :func:`convert` turning a COCO image job into a detection row."""
+    if prompt_categories not in PROMPT_CATEGORIES:
+        raise ValueError(f"prompt_categories must be one of {PROMPT_CATEGORIES}")
+    all_names = list(categories.values())
+
+    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
+        objects, present = [], set()
+        for xyxy, cat_id, where in job.payload:
+            box = geo.box(xyxy, stats, where)
+            if box is not None:
+                objects.append({"bbox_2d": box, "label": categories[cat_id]})
+                present.add(cat_id)
+        if not objects:
+            if not keep_empty:
+                stats.hit("no_objects", job.record)
+                return None
+            stats.hit("empty_image_kept", job.record)
+        names = all_names if prompt_categories == "all" else [categories[c] for c in categories if c in present]
+        if not names:  # an empty image in "present" mode still needs something to ask for
+            names = all_names
+        gt = {"objects": objects, "frame": list(geo.frame), "categories": names}
+        return make_row(
+            data_source=data_source,
+            task="detection",
+            prompt=prompt_text("detection", options.model_family, categories=names, think=options.think),
+            image=image,
+            geometry=geo,
+            ground_truth=gt,
+            source_id=job.source_id,
+            index=index,
+            options=options,
+        )
+
+    return build
+
+
+def convert_coco(
+    annotations: Path,
+    images: Path | None,
+    out: Path,
+    options: ConvertOptions | None = None,
+    *,
+    prompt_categories: str = "all",
+    keep_empty: bool = False,
+    data_source: str = "coco",
+) -> dict:
+    """Convert a COCO-format detection set to ``out``; returns the summary.
+
+    ``images`` defaults to the annotation file's folder (``file_name`` is joined to it).
+    """
+    options = options or ConvertOptions()
+    stats = Stats(options.strict)
+    images = Path(images) if images is not None else Path(annotations).parent
+    jobs, categories = load_coco(annotations, images, stats)
+    build = detection_builder(categories, options, prompt_categories, keep_empty, data_source)
+    return convert(jobs, build, out, options, stats, data_source)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="data_prep/coco_det.py",
+        description="COCO-format detection annotations -> verl parquet (task 'detection').",
+    )
+    p.add_argument("--annotations", required=True, type=Path, help="instances_{train,val}2017.json or any COCO-format file")
+    p.add_argument("--images", type=Path, help="folder the file_name entries are relative to (default: the json's folder)")
+    p.add_argument("--prompt-categories", default="all", choices=PROMPT_CATEGORIES, help="categories listed in the prompt")
+    p.add_argument("--keep-empty", action="store_true", help="keep images without objects as negatives")
+    p.add_argument("--data-source", default="coco", help="data_source column (default: coco)")
+    add_common_args(p)
+    return p
+
+
+def main(argv=None) -> int:
+    def run(args, options):
+        return convert_coco(
+            args.annotations,
+            args.images,
+            args.out,
+            options,
+            prompt_categories=args.prompt_categories,
+            keep_empty=args.keep_empty,
+            data_source=args.data_source,
+        )
+
+    return run_cli(build_parser(), argv, run)
