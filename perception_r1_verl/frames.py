@@ -17,6 +17,8 @@ import math
 
 MODEL_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 RELATIVE_SCALE = 1000  # Qwen2-VL / Qwen3-VL answer in [0, 1000]
+# Bound for coordinates when a row names no frame: keeps areas and distances finite.
+COORD_LIMIT = 1_000_000
 RESIZE_FACTOR = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
 # The paper's and verl's pixel bounds (verl passes them to qwen_vl_utils.fetch_image).
 DEFAULT_MIN_PIXELS = 3136
@@ -47,7 +49,7 @@ def smart_resize(
     >>> smart_resize(640, 480)
     (644, 476)
     >>> smart_resize(4000, 3000)
-    (1148, 868)
+    (1148, 840)
     """
     if min(width, height) <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
@@ -98,6 +100,17 @@ def scale_box(box, src: tuple[float, float], dst: tuple[float, float]) -> list[f
     sx, sy = dst[0] / src[0], dst[1] / src[1]
     x1, y1, x2, y2 = box
     return [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+
+
+def frame_of(ground_truth: dict) -> tuple[float, float]:
+    """The ground truth's ``frame`` as ``(width, height)``, else ``COORD_LIMIT`` square."""
+    frame = ground_truth.get("frame")
+    if not frame:
+        return (COORD_LIMIT, COORD_LIMIT)
+    width, height = (float(v) for v in frame)
+    if not (0 < width <= COORD_LIMIT and 0 < height <= COORD_LIMIT):
+        raise ValueError(f"frame must be a positive [width, height], got {frame!r}")
+    return (width, height)
 
 
 def clip_box(box, frame: tuple[float, float]) -> list[float]:

@@ -138,8 +138,8 @@ def _parse_json(body: str, answer: Answer) -> bool:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        if not body.startswith(("[", "{")):
-            return False
+        if "{" not in body:
+            return False  # not JSON objects: maybe plain lists such as "[1, 2, 3, 4] [5, 6, 7, 8]"
         # Malformed or cut off: keep every complete flat object, count the rest.
         for m in _FLAT_OBJECT.finditer(body):
             try:
@@ -283,6 +283,18 @@ def parse_answer(completion: str, think: bool = False) -> Answer:
     return answer
 
 
+def distinct_boxes(objects: list) -> list:
+    """Objects with their first occurrence of each box: a box repeated is one object.
+
+    >>> distinct_boxes([{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [1, 2, 3, 4], "label": "b"}])
+    [{'bbox_2d': [1, 2, 3, 4], 'label': 'a'}]
+    """
+    first = {}
+    for obj in objects:
+        first.setdefault(tuple(obj["bbox_2d"]), obj)
+    return list(first.values())
+
+
 def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
@@ -290,8 +302,8 @@ def _fmt(v: float) -> str:
 def render_answer(task: str, ground_truth: dict, model_family: str, think: bool = False) -> str:
     """The exact answer a perfect model gives for ``ground_truth`` (a parsed contract dict).
 
-    Qwen2-VL answers with box tokens, Qwen2.5-VL and Qwen3-VL with JSON; counting answers
-    with points when the ground truth has them.
+    Qwen2-VL answers with box tokens, Qwen2.5-VL and Qwen3-VL with JSON; "no objects" is
+    ``[]`` in every family; counting answers with points (box tokens: degenerate boxes).
 
     >>> render_answer("grounding", {"bbox_2d": [1, 2, 3, 4]}, "qwen2_5_vl")
     '```json\\n[{"bbox_2d": [1, 2, 3, 4]}]\\n```'
@@ -306,14 +318,14 @@ def render_answer(task: str, ground_truth: dict, model_family: str, think: bool 
         if task == "grounding":
             items = [{"bbox_2d": ground_truth["bbox_2d"]}]
         elif task == "detection":
-            items = ground_truth["objects"]
+            items = distinct_boxes(ground_truth["objects"])
         elif task == "counting":
             items = [{"point_2d": p} for p in ground_truth.get("points") or []]
             if len(items) != ground_truth["count"]:
                 raise ValueError("counting ground truth without one point per object cannot be rendered")
         else:
             raise ValueError(f"unknown task {task!r}")
-        if model_family == "qwen2_vl":
+        if model_family == "qwen2_vl" and items:  # box tokens have no empty list: "[]" is the answer
             body = "".join(_render_box_token(item) for item in items)
         else:
             rows = ", ".join(_render_json_item(item) for item in items)
@@ -332,6 +344,7 @@ def _render_box_token(item: dict) -> str:
     if "bbox_2d" in item:
         x1, y1, x2, y2 = (_fmt(v) for v in item["bbox_2d"])
     else:  # a point as a degenerate box: Qwen2-VL has no point syntax
-        x1, y1 = x2, y2 = (_fmt(v) for v in item["point_2d"])
+        x1, y1 = (_fmt(v) for v in item["point_2d"])
+        x2, y2 = x1, y1
     ref = f"<|object_ref_start|>{item['label']}<|object_ref_end|>" if item.get("label") is not None else ""
     return f"{ref}<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"

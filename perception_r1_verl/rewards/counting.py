@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..frames import RELATIVE_SCALE
+from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
 from ..parsing import parse_answer
 from .format import format_score
 from .registry import register
@@ -48,18 +48,21 @@ class CountingReward:
         points = np.asarray(gt.get("points") or np.zeros((0, 2)), dtype=np.float64).reshape(-1, 2)
         if count < 0 or (len(points) and len(points) != count):
             raise ValueError(f"counting ground truth has count {count} but {len(points)} points")
-        width, height = gt.get("frame") or (RELATIVE_SCALE, RELATIVE_SCALE)
+        frame = frame_of(gt)
+        # Without a frame, distances are normalised as in the paper's 0-1000 frame.
+        diagonal = math.hypot(*frame) if frame[0] < COORD_LIMIT else math.hypot(RELATIVE_SCALE, RELATIVE_SCALE)
         points.setflags(write=False)
-        return count, points, math.hypot(width, height)
+        return count, points, diagonal, frame
 
     def __call__(self, completion: str, gt: tuple, think: bool = False, style: str | None = None) -> dict:
-        count, gt_points, diagonal = gt
+        count, gt_points, diagonal, frame = gt
         answer = parse_answer(completion, think)
         fmt = format_score(answer, style)
         points = answer.points
         if len(answer.boxes):
             centres = (answer.boxes[:, :2] + answer.boxes[:, 2:]) / 2
             points = np.concatenate([points, centres]) if len(points) else centres
+        points = np.clip(points, 0, frame)
         n = len(points)
         if not answer.parsed:
             ratio = location = 0.0

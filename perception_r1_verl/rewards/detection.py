@@ -9,7 +9,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..boxes import pairwise_iou_giou, to_cxcywh
-from ..parsing import parse_answer
+from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
+from ..parsing import distinct_boxes, parse_answer
 from .format import format_score
 from .registry import register
 
@@ -29,7 +30,7 @@ class DetectionTruth(NamedTuple):
     boxes: np.ndarray  # (M, 4) in the answer frame, clipped
     label_ids: np.ndarray  # (M,) index into ``names``
     names: dict  # normalised label -> id; covers ``categories`` and every ground-truth label
-    frame: tuple | None
+    bounds: tuple  # (W, H, W, H) of the frame, to clip predictions
     cxcywh: np.ndarray  # boxes normalised by the frame, centre-size, for the L1 cost
     scale: np.ndarray  # (4,) divides xyxy into that normalised frame
 
@@ -57,7 +58,7 @@ class DetectionReward:
       and format without zeroing the rest;
     - a box repeated with the same coordinates (after clipping) is matched once, with the
       label of its first occurrence; the repeats are false positives, so repeating a box
-      never raises the score;
+      never raises the score (a box repeated in the ground truth is likewise one object);
     - a label outside the prompt's ``categories`` (or missing) can still match a box for
       localisation but is never label-correct; ``unknown_labels`` logs their share;
     - an unparsable completion scores 0 on every accuracy component.
@@ -89,7 +90,7 @@ class DetectionReward:
 
     @staticmethod
     def prepare(gt: dict) -> DetectionTruth:
-        objects = gt["objects"]
+        objects = distinct_boxes(gt["objects"])
         names = {normalise_label(c): i for i, c in enumerate(gt.get("categories") or [])}
         boxes, label_ids = [], []
         for obj in objects:
@@ -99,12 +100,11 @@ class DetectionReward:
                 raise ValueError(f"detection ground truth box must be [x1, y1, x2, y2], got {obj['bbox_2d']!r}")
             boxes.append(box)
             label_ids.append(names.setdefault(label, len(names)))
-        frame = tuple(gt["frame"]) if gt.get("frame") else None
-        boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
-        if frame:
-            boxes = np.clip(boxes, 0, frame * 2)
-        scale = np.array(frame * 2 if frame else (1000.0,) * 4, dtype=np.float64)
-        truth = DetectionTruth(boxes, np.array(label_ids, dtype=np.int64), names, frame, to_cxcywh(boxes / scale), scale)
+        bounds = frame_of(gt) * 2
+        boxes = np.clip(np.array(boxes, dtype=np.float64).reshape(-1, 4), 0, bounds)
+        # The L1 cost lives in the normalised frame; without a frame, in the paper's 0-1000 one.
+        scale = np.array(bounds if bounds[0] < COORD_LIMIT else (RELATIVE_SCALE,) * 4, dtype=np.float64)
+        truth = DetectionTruth(boxes, np.array(label_ids, dtype=np.int64), names, bounds, to_cxcywh(boxes / scale), scale)
         for array in (truth.boxes, truth.label_ids, truth.cxcywh):
             array.setflags(write=False)  # shared by every rollout of the prompt
         return truth
@@ -116,8 +116,7 @@ class DetectionReward:
         matched, label_acc, mean_iou, unknown = 0, 0.0, 0.0, 0.0
         boxes = answer.boxes
         if len(boxes):
-            if gt.frame:
-                boxes = np.clip(boxes, 0, gt.frame * 2)
+            boxes = np.clip(boxes, 0, gt.bounds)
             first = {}
             for i, key in enumerate(map(tuple, boxes.tolist())):
                 first.setdefault(key, i)

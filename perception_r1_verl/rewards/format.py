@@ -17,7 +17,7 @@ def format_score(answer: Answer, style: str | None = None, single: bool = False,
     """1 for a complete, well-formed answer in the expected ``style``; partial credit per item.
 
     0 when the think/answer tags are not as asked, the answer was cut off, nothing parsed,
-    or the style differs from ``style`` (``None`` accepts any). With ``single`` exactly one
+    or a non-empty answer's style differs from ``style`` (``None`` accepts any). With ``single`` exactly one
     well-formed object is required. Otherwise the share of well-formed objects counts,
     ``n_bad`` adding items the task cannot use; an empty list is well-formed.
 
@@ -29,8 +29,8 @@ def format_score(answer: Answer, style: str | None = None, single: bool = False,
     """
     if not answer.tags_ok or answer.truncated or not answer.parsed:
         return 0.0
-    if style is not None and answer.style != style:
-        return 0.0
+    if style is not None and answer.style != style and answer.n_items:
+        return 0.0  # "[]" says "nothing here" in every style
     bad = answer.n_invalid + n_bad
     if single:
         return 1.0 if answer.n_items == 1 and bad == 0 else 0.0

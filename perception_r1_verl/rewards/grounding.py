@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..boxes import iou
-from ..frames import clip_box
+from ..frames import clip_box, frame_of
 from ..parsing import parse_answer
 from .format import format_score
 from .registry import register
@@ -47,8 +47,8 @@ class GroundingReward:
         box = [float(v) for v in gt["bbox_2d"]]
         if len(box) != 4:
             raise ValueError(f"grounding bbox_2d needs 4 numbers, got {gt['bbox_2d']!r}")
-        frame = tuple(gt["frame"]) if gt.get("frame") else None
-        return (clip_box(box, frame) if frame else box), frame
+        frame = frame_of(gt)
+        return clip_box(box, frame), frame
 
     def __call__(self, completion: str, gt: tuple, think: bool = False, style: str | None = None) -> dict:
         gt_box, frame = gt
@@ -57,7 +57,7 @@ class GroundingReward:
         value = 0.0
         if len(answer.boxes):
             box = answer.boxes[0].tolist()
-            value = iou(clip_box(box, frame) if frame else box, gt_box)
+            value = iou(clip_box(box, frame), gt_box)
         if self.iou_shape == "iou_squared":
             shaped = value * value
         elif self.iou_shape == "iou_at_0.5":
