@@ -1,0 +1,657 @@
+"""Training recipes: one task's verl overrides, checked on CPU, launched on GPUs.
+
+``bash recipes/<task>.sh [hydra overrides...]`` runs ``python -m perception_r1_verl.recipe
+<task> [hydra overrides...]``, which
+
+1. prepares ``$DATA_DIR/<task>/{train,val}.parquet`` through ``data_prep/<task>.py`` when
+   they are missing (from ``$DATASET_ROOT`` if set, else from the offline sample);
+2. builds the paper's settings as verl 0.9.1 overrides (``build_overrides``), appends the
+   user's, composes verl's own Hydra config and runs verl's ``validate_config`` on it;
+3. scores a few prepared rows through the ``perception`` reward manager, as verl loads
+   it, with the ground-truth answer and an empty answer;
+4. with a CUDA GPU (and ``DRY_RUN`` unset) replaces itself with ``python -m
+   verl.trainer.main_ppo <overrides>``; otherwise prints that command and exits 0.
+
+Everything here runs on CPU; only step 4 needs GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from perception_r1_verl import frames
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_MODULE = "verl.trainer.main_ppo"
+PROJECT_NAME = "perception_r1"
+
+# Images are resized into [min, max] pixels (paper: max_pixels 1,000,000, min 3136): at most
+# 1276 visual tokens, so a 2048-token prompt always holds the image and the instruction.
+MIN_PIXELS = frames.DEFAULT_MIN_PIXELS
+MAX_PIXELS = frames.DEFAULT_MAX_PIXELS
+MAX_PROMPT_LENGTH = 2048
+# Model-name spellings of each family (after lower-casing, "_" and "." -> "-"), most specific first.
+FAMILY_NAMES = (("qwen3-vl", "qwen3_vl"), ("qwen2-5-vl", "qwen2_5_vl"), ("qwen2-vl", "qwen2_vl"))
+
+
+@dataclass(frozen=True)
+class Task:
+    """What differs between the four recipes."""
+
+    name: str  # recipe and data_prep script name
+    reward_task: str  # extra_info["task"] of its rows
+    model: str  # the paper's base model
+    model_family: str
+    max_response_length: int
+    train_limit: int | None  # the paper's training subset (Table 7); None: all rows
+
+
+TASKS = {
+    task.name: task
+    for task in (
+        # Qwen2.5-VL-3B for detection (the paper: "specialized optimization for localizing boxes").
+        Task("coco_det", "detection", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", 2048, None),
+        # Grounding and counting answer one or a few boxes: the released scripts cap responses at 768.
+        Task("refcoco", "grounding", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 768, 5000),
+        Task("pixmo_count", "counting", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 768, 10000),
+        Task("page_ocr", "ocr", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 2048, 5000),
+    )
+}
+
+# The detection curriculum (``CURRICULUM=1``): rows sorted easy to hard by number of objects,
+# with more rollouts for the harder stages. The paper gives the idea, not the numbers; these
+# stages are ours: <=3 objects (the easiest third of COCO images), 4-10, >10.
+CURRICULUM_MAX_OBJECTS = (3, 10)
+CURRICULUM_ROLLOUT_N = (8, 12, 16)
+
+
+def model_family(model_path: str, default: str) -> str:
+    """The Qwen-VL family a model path names, else ``default``.
+
+    >>> model_family("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_vl"), model_family("/ckpt/step_100", "qwen2_vl")
+    ('qwen2_5_vl', 'qwen2_vl')
+    """
+    name = Path(model_path).name.lower().replace("_", "-").replace(".", "-")
+    return next((family for spelling, family in FAMILY_NAMES if spelling in name), default)
+
+
+def _env_int(env, name: str, default: int | None) -> int | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise SystemExit(f"{name}={value!r} is not an integer") from None
+
+
+def _env_flag(env, name: str) -> bool:
+    return env.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def cuda_gpu_count() -> int:
+    """Visible CUDA GPUs (0 without torch or CUDA)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The recipe's environment variables, read once (see the README's *Training*)."""
+
+    model_path: str
+    model_family: str  # the answer frame the data is prepared for
+    data_dir: Path
+    dataset_root: Path | None
+    n_gpus_per_node: int
+    nnodes: int
+    experiment_name: str
+    logger: tuple[str, ...]
+    curriculum: bool
+    train_limit: int | None
+    val_limit: int | None
+    seed: int
+
+    @classmethod
+    def from_env(cls, task: Task, env=None, gpus: int | None = None) -> Settings:
+        """Read ``MODEL_PATH``, ``DATA_DIR``, ... from ``env`` (default ``os.environ``).
+
+        ``N_GPUS_PER_NODE`` defaults to the visible GPUs, or to 8 (the paper's node) on a
+        machine without any, so the CPU check composes the config a GPU node would run.
+        """
+        env = os.environ if env is None else env
+        gpus = cuda_gpu_count() if gpus is None else gpus
+        model_path = env.get("MODEL_PATH") or task.model
+        root = env.get("DATASET_ROOT")
+        curriculum = _env_flag(env, "CURRICULUM")
+        if curriculum and task.reward_task != "detection":
+            raise SystemExit(f"CURRICULUM is an option of the detection recipe, not of {task.name}")
+        logger = tuple(x.strip() for x in env.get("LOGGER", "console").split(",") if x.strip())
+        train_limit = _env_int(env, "TRAIN_LIMIT", task.train_limit)
+        val_limit = _env_int(env, "VAL_LIMIT", 500)
+        family = frames.check_family(env.get("MODEL_FAMILY") or model_family(model_path, task.model_family))
+        return cls(
+            model_path=model_path,
+            model_family=family,
+            data_dir=Path(env.get("DATA_DIR") or REPO_ROOT / "data").expanduser().resolve() / task.name,
+            dataset_root=Path(root).expanduser().resolve() if root else None,
+            n_gpus_per_node=_env_int(env, "N_GPUS_PER_NODE", gpus or 8),
+            nnodes=_env_int(env, "NNODES", 1),
+            experiment_name=env.get("EXPERIMENT_NAME") or f"{task.name}_{Path(model_path).name}",
+            logger=logger or ("console",),
+            curriculum=curriculum,
+            train_limit=train_limit if train_limit and train_limit > 0 else None,
+            val_limit=val_limit if val_limit and val_limit > 0 else None,
+            seed=_env_int(env, "SEED", 1),
+        )
+
+    @property
+    def uses_sample(self) -> bool:
+        """No ``DATASET_ROOT`` and no prepared parquet: the offline sample stands in."""
+        prepared = all((self.data_dir / f"{split}.parquet").exists() for split in ("train", "val"))
+        return self.dataset_root is None and not prepared
+
+    def parquet(self, split: str) -> Path:
+        """``$DATA_DIR/<task>/<split>.parquet``, or under ``sample/`` for the offline sample."""
+        return (self.data_dir / "sample" if self.uses_sample else self.data_dir) / f"{split}.parquet"
+
+
+def build_overrides(task: Task, settings: Settings) -> list[str]:
+    """The recipe's complete verl 0.9.1 override list (before the user's own).
+
+    Paper settings: GRPO, lr 1e-6, 8 rollouts, k3 KL loss 0.04, temperature 1.0 with
+    top_p 0.9 / top_k 50, 1 epoch, bf16, gradient checkpointing, colocated vLLM.
+    Comments mark where verl's default differs and what we chose.
+    """
+    overrides = [
+        "algorithm.adv_estimator=grpo",
+        # The paper's KL is a loss term against the frozen reference, not a reward penalty.
+        "algorithm.use_kl_in_reward=False",
+        f"data.train_files={settings.parquet('train')}",
+        f"data.val_files={settings.parquet('val')}",
+        "data.prompt_key=prompt",
+        "data.image_key=images",
+        f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
+        f"data.max_response_length={task.max_response_length}",
+        # verl default 1024 prompts a step; the paper does not state its global batch. 32
+        # prompts x 8 rollouts = 256 responses a step, divisible by 8/16/32/64 GPUs.
+        "data.train_batch_size=32",
+        # No prompt can exceed 2048 tokens (see MAX_PIXELS); verl's length filter would run the
+        # processor over every image before step 1, so it stays off (verl's default).
+        "data.filter_overlong_prompts=False",
+        "data.truncation=error",
+        # qwen_vl_utils resizes with factor 2 x patch: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL
+        # (verl's default 14 would give Qwen3-VL images off its answer frame).
+        f"data.image_patch_size={frames.RESIZE_FACTOR[settings.model_family] // 2}",
+        f"data.seed={settings.seed}",
+        f"actor_rollout_ref.model.path={settings.model_path}",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=True",
+        "actor_rollout_ref.model.use_remove_padding=True",
+        "actor_rollout_ref.actor.strategy=fsdp",
+        "actor_rollout_ref.actor.optim.lr=1e-6",
+        # One policy update per batch, as in the paper (so PPO's ratio clip never acts):
+        # the mini-batch follows data.train_batch_size when a user overrides it.
+        "actor_rollout_ref.actor.ppo_mini_batch_size=${data.train_batch_size}",
+        "actor_rollout_ref.actor.ppo_epochs=1",
+        # Fixed micro-batches (not use_dynamic_bsz) so validate_config checks that
+        # train_batch_size x rollout.n divides over the GPUs before anything starts.
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.actor.use_kl_loss=True",
+        # verl default 0.001; the paper's beta is 0.04 with the k3 estimator (verl: low_var_kl).
+        "actor_rollout_ref.actor.kl_loss_coef=0.04",
+        "actor_rollout_ref.actor.kl_loss_type=low_var_kl",
+        "actor_rollout_ref.actor.entropy_coeff=0",
+        # verl default token-mean; the paper's GRPO (TRL-based code) averages tokens within a
+        # response, then responses.
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+        # bf16 compute in FSDP and vLLM (verl keeps fp32 master weights, as mixed precision does).
+        "actor_rollout_ref.actor.fsdp_config.dtype=bfloat16",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
+        # The frozen reference is only read: keep it in CPU memory between uses.
+        "actor_rollout_ref.ref.fsdp_config.param_offload=True",
+        # Colocated (hybrid engine) vLLM; verl 0.9.1 serves rollouts only in async mode.
+        "actor_rollout_ref.hybrid_engine=True",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.mode=async",
+        "actor_rollout_ref.rollout.dtype=bfloat16",
+        "actor_rollout_ref.rollout.n=8",
+        "actor_rollout_ref.rollout.temperature=1.0",
+        # verl default top_p 1 / top_k -1 (off); the paper's vLLM sampling uses 0.9 / 50.
+        "actor_rollout_ref.rollout.top_p=0.9",
+        "actor_rollout_ref.rollout.top_k=50",
+        # verl default TP 2; a 2B/3B model fits one GPU, so every GPU runs its own engine.
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.gpu_memory_utilization=0.6",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+        # Validation decodes greedily, one answer per prompt (verl's defaults, the paper's eval).
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=False",
+        "actor_rollout_ref.rollout.val_kwargs.n=1",
+        # Rewards (training and validation) come from the `perception` reward manager, which
+        # logs every reward component in reward_extra_info.
+        "reward.reward_manager.source=register",
+        "reward.reward_manager.name=perception",
+        "trainer.total_epochs=1",
+        f"trainer.n_gpus_per_node={settings.n_gpus_per_node}",
+        f"trainer.nnodes={settings.nnodes}",
+        f"trainer.project_name={PROJECT_NAME}",
+        f"trainer.experiment_name={settings.experiment_name}",
+        f"trainer.logger=[{','.join(settings.logger)}]",
+        "trainer.val_before_train=True",
+        "trainer.test_freq=50",
+        "trainer.save_freq=100",
+        "trainer.log_val_generations=8",
+    ]
+    if settings.curriculum:
+        overrides += curriculum_overrides(settings.seed)
+    return overrides
+
+
+def curriculum_overrides(seed: int) -> list[str]:
+    """Overrides that plug ``perception_r1_verl.curriculum`` into verl's data loading.
+
+    verl 0.9.1 has no custom-sampler hook for the training dataloader
+    (``create_rl_sampler`` is random or sequential), so the dataset orders itself and
+    ``data.shuffle=False`` keeps that order; it asks for more rollouts on hard rows through
+    the per-row ``__rollout_n__`` that verl's agent loop honours.
+    """
+    return [
+        "data.custom_cls.path=pkg://perception_r1_verl.curriculum",
+        "data.custom_cls.name=CurriculumDataset",
+        "data.shuffle=False",
+        f"+data.curriculum.max_objects=[{','.join(map(str, CURRICULUM_MAX_OBJECTS))}]",
+        f"+data.curriculum.rollout_n=[{','.join(map(str, CURRICULUM_ROLLOUT_N))}]",
+        f"+data.curriculum.seed={seed}",
+    ]
+
+
+def launch_command(overrides: list[str], python: str | None = None) -> list[str]:
+    return [python or sys.executable, "-m", LAUNCH_MODULE, *overrides]
+
+
+# ---------------------------------------------------------------- config checks
+
+
+def compose(overrides: list[str]):
+    """verl's ``ppo_trainer`` Hydra config with ``overrides``, as ``main_ppo`` composes it.
+
+    A misspelt key fails here (Hydra: "Could not override ..."), as it would at launch.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import verl.trainer.main_ppo as main_ppo
+
+    config_dir = Path(main_ppo.__file__).parent / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=list(overrides))
+
+
+def validate(config) -> None:
+    """Run the checks ``main_ppo`` runs before starting Ray, then resolve every value.
+
+    ``validate_config`` is verl's own (batch divisibility, micro-batch settings, ...);
+    resolving catches a broken ``${...}`` interpolation, and the dataclass conversions
+    catch bad values in the sections the workers convert (the trainer does both later).
+    """
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+    from verl.utils.device import auto_set_device
+
+    auto_set_device(config)
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
+    omega_conf_to_dataclass(config.algorithm)
+    omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+
+
+# ---------------------------------------------------------------- data
+
+
+# Split names of the public releases under DATASET_ROOT.
+COCO_SPLITS = {"train": "train2017", "val": "val2017"}
+PIXMO_SPLITS = {"train": "train", "val": "validation"}
+SAMPLE_IMAGES = {"train": 32, "val": 8}
+OCR_WORDS = "the quick brown fox jumps over a lazy dog while seven pale wizards quietly mix jam".split()
+
+
+def dataset_args(task: Task, split: str, root: Path) -> list[str]:
+    """Converter flags for a split of the public release laid out under ``root``.
+
+    coco_det: ``annotations/instances_{train,val}2017.json`` and ``{train,val}2017/``;
+    refcoco: the refer toolkit's ``data/`` folder (``refcoco/refs(unc).p``,
+    ``refcoco/instances.json``, ``images/mscoco/images/train2014/``); pixmo_count:
+    ``{train,validation}.parquet`` (the Hugging Face export) and ``images/`` named by
+    ``image_sha256``; page_ocr: ``{train,val}.jsonl`` of ``{"image", "text"}`` beside the images.
+    """
+    if task.name == "coco_det":
+        name = COCO_SPLITS[split]
+        return ["--annotations", str(root / "annotations" / f"instances_{name}.json"), "--images", str(root / name)]
+    if task.name == "refcoco":
+        refs = root / "refcoco"
+        images = root / "images" / "mscoco" / "images" / "train2014"
+        return ["--refs", str(refs / "refs(unc).p"), "--instances", str(refs / "instances.json"), "--images", str(images)]
+    if task.name == "pixmo_count":
+        return ["--table", str(root / f"{PIXMO_SPLITS[split]}.parquet"), "--images", str(root / "images")]
+    return ["--jsonl", str(root / f"{split}.jsonl")]
+
+
+def sample_args(task: Task, split: str, sample_dir: Path) -> list[str]:
+    """Converter flags for an offline sample of ``task``, written under ``sample_dir``.
+
+    Every task starts from the package's COCO-format sample (shapes with exact boxes):
+    grounding refers to shapes that are alone of their kind in the image, counting
+    counts each kind of shape by its centres, OCR gets rendered lines of text.
+    """
+    from perception_r1_verl.data.sample import make_sample_coco
+
+    root = sample_dir / split
+    # Seeds differ per split, so val images are not train images.
+    sample = make_sample_coco(root, n_images=SAMPLE_IMAGES[split], seed=len(split))
+    if task.name == "coco_det":
+        return ["--annotations", str(sample.annotations), "--images", str(sample.images)]
+    coco = json.loads(sample.annotations.read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    shapes: dict[tuple[str, str], list[list[float]]] = {}
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        shapes.setdefault((files[ann["image_id"]], names[ann["category_id"]]), []).append([x, y, x + w, y + h])
+    if task.name == "refcoco":
+        lines = [{"image": f, "expression": f"the {name}", "bbox": boxes[0]} for (f, name), boxes in shapes.items() if len(boxes) == 1]
+        flags = ["--jsonl", str(_write_jsonl(root / "refcoco.jsonl", lines)), "--images", str(sample.images)]
+    elif task.name == "pixmo_count":
+        lines = [
+            {"image": f, "label": f"{name}s", "count": len(boxes), "points": [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes]}
+            for (f, name), boxes in shapes.items()
+        ]
+        flags = ["--table", str(_write_jsonl(root / "pixmo_count.jsonl", lines)), "--images", str(sample.images)]
+    else:
+        lines = [_render_page(sample.images, i, len(split)) for i in range(SAMPLE_IMAGES[split])]
+        flags = ["--jsonl", str(_write_jsonl(root / "page_ocr.jsonl", lines)), "--images", str(sample.images)]
+    return flags
+
+
+def _write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _render_page(images: Path, i: int, seed: int) -> dict:
+    """A white page with three lines of words in PIL's built-in font; returns its jsonl line."""
+    from PIL import Image, ImageDraw
+
+    import numpy as np
+
+    rng = np.random.default_rng([seed, i])
+    lines = [" ".join(rng.choice(OCR_WORDS, size=5)) for _ in range(3)]
+    page = Image.new("RGB", (448, 168), "white")
+    draw = ImageDraw.Draw(page)
+    for row, line in enumerate(lines):
+        draw.text((16, 16 + 48 * row), line, fill="black", font_size=24)
+    name = f"page_{i:03d}.png"
+    page.save(images / name)
+    return {"image": name, "text": "\n".join(lines)}
+
+
+def prep_command(task: Task, settings: Settings, split: str) -> list[str]:
+    """``data_prep/<task>.py`` for one split: from ``DATASET_ROOT``, else the offline sample."""
+    limit = settings.train_limit if split == "train" else settings.val_limit
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "data_prep" / f"{task.name}.py"),
+        "--out", str(settings.parquet(split)),
+        "--split", split,
+        "--seed", str(settings.seed),
+        "--model-family", settings.model_family,
+        "--min-pixels", str(MIN_PIXELS),
+        "--max-pixels", str(MAX_PIXELS),
+    ]  # fmt: skip
+    if limit:
+        command += ["--limit", str(limit)]
+    if settings.uses_sample:
+        return command + sample_args(task, split, settings.data_dir / "sample")
+    return command + dataset_args(task, split, settings.dataset_root)
+
+
+def prepared_family(parquet: Path) -> str | None:
+    """The ``model_family`` a prepared parquet's first row was converted for."""
+    rows = read_rows(parquet, 1)
+    return rows[0]["extra_info"].get("model_family") if rows else None
+
+
+def prepare_data(task: Task, settings: Settings) -> None:
+    """Write the train and val parquet files that are missing (existing ones are kept)."""
+    for split in ("train", "val"):
+        out = settings.parquet(split)
+        if out.exists():
+            family = prepared_family(out)
+            if family != settings.model_family:
+                raise SystemExit(
+                    f"{out} was prepared for {family}, the model is {settings.model_family}: "
+                    "delete it or point DATA_DIR elsewhere"
+                )
+            print(f"[recipe] {split}: using {out}")
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = prep_command(task, settings, split)
+        print(f"[recipe] {split}: {shlex.join(command)}", flush=True)
+        subprocess.run(command, check=True)
+        if not out.exists():
+            raise SystemExit(f"{command[1]} finished without writing {out}")
+
+
+# ---------------------------------------------------------------- reward check
+
+
+def _format_number(x: float) -> str:
+    """``12`` for integral values, else the float as is.
+
+    >>> _format_number(12.0), _format_number(3.5)
+    ('12', '3.5')
+    """
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _box_tokens(box) -> str:
+    x1, y1, x2, y2 = map(_format_number, box)
+    return f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+
+
+def reference_answer(ground_truth: dict, extra_info: dict) -> str:
+    """The completion a perfect policy would write for a row, in the row's answer format.
+
+    Qwen2-VL answers boxes with its box tokens, the other families with JSON; counting
+    lists one small box per ground-truth point (its centre is the point).
+
+    >>> reference_answer({"bbox_2d": [1, 2, 30, 40], "frame": [1000, 1000]},
+    ...                  {"task": "grounding", "model_family": "qwen2_vl"})
+    '<|box_start|>(1,2),(30,40)<|box_end|>'
+    >>> reference_answer({"text": "Hello"}, {"task": "ocr", "think": True})
+    '<think>Reading the page.</think><answer>Hello</answer>'
+    """
+    task, family = extra_info["task"], extra_info.get("model_family", "qwen2_5_vl")
+    if task == "ocr":
+        answer = ground_truth["text"]
+    elif task == "detection":
+        objects = [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in ground_truth["objects"]]
+        answer = "```json\n" + json.dumps(objects) + "\n```"
+    else:
+        if task == "grounding":
+            boxes = [ground_truth["bbox_2d"]]
+        else:  # counting: a box of half-size 2 centred on every point, clipped to the frame
+            w, h = ground_truth["frame"]
+            boxes = [[max(x - 2, 0), max(y - 2, 0), min(x + 2, w), min(y + 2, h)] for x, y in ground_truth["points"]]
+        if family == "qwen2_vl":
+            answer = "".join(_box_tokens(b) for b in boxes)
+        else:
+            answer = "```json\n" + json.dumps([{"bbox_2d": b} for b in boxes]) + "\n```"
+    if extra_info.get("think"):
+        return f"<think>Reading the page.</think><answer>{answer}</answer>"
+    return answer
+
+
+def read_rows(parquet: Path, n: int) -> list[dict]:
+    """The first ``n`` rows' ``data_source``, ``reward_model`` and ``extra_info``."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet, columns=["data_source", "reward_model", "extra_info"])
+    return table.slice(0, n).to_pylist()
+
+
+def load_tokenizer(config):
+    """The policy's tokenizer, loaded as verl's reward workers load it."""
+    from verl.utils import hf_tokenizer
+    from verl.utils.fs import copy_to_local
+
+    path = config.actor_rollout_ref.model.get("tokenizer_path") or config.actor_rollout_ref.model.path
+    return hf_tokenizer(copy_to_local(path), trust_remote_code=True)
+
+
+def _reward_input(tokenizer, row: dict, completion: str):
+    """A one-row ``DataProto`` laid out as verl's reward loop hands it to a manager."""
+    import numpy as np
+    import torch
+    from verl import DataProto
+
+    response = tokenizer.encode(completion, add_special_tokens=False) + [tokenizer.eos_token_id]
+    prompt = torch.tensor([[tokenizer.eos_token_id]])
+    responses = torch.tensor([response])
+    non_tensors = {key: np.array([row[key]], dtype=object) for key in ("data_source", "reward_model", "extra_info")}
+    return DataProto.from_dict(
+        tensors={
+            "prompts": prompt,
+            "responses": responses,
+            "attention_mask": torch.ones(1, prompt.shape[1] + responses.shape[1], dtype=torch.long),
+        },
+        non_tensors=non_tensors,
+    )
+
+
+def score_rows(config, rows: list[dict], tokenizer=None) -> list[dict]:
+    """Score each row's reference answer and an empty answer through the configured manager.
+
+    The manager is built by verl's ``load_reward_manager`` from ``config`` (so this also
+    checks that ``import verl`` registered ``perception``). Returns one dict per row with
+    the ``reference`` and ``empty`` results (``reward_score`` and ``reward_extra_info``).
+    """
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from perception_r1_verl.verl_plugin import check_registered
+
+    check_registered()
+    tokenizer = tokenizer or load_tokenizer(config)
+    manager = load_reward_manager(config, tokenizer)
+
+    async def run_all():
+        results = []
+        for row in rows:
+            truth = json.loads(row["reward_model"]["ground_truth"])
+            result = {"row": row}
+            for kind, completion in (("reference", reference_answer(truth, row["extra_info"])), ("empty", "")):
+                result[kind] = await manager.run_single(_reward_input(tokenizer, row, completion))
+            results.append(result)
+        return results
+
+    return asyncio.run(run_all())
+
+
+def check_scores(results: list[dict]) -> list[str]:
+    """Problems in ``score_rows`` results: a reference answer below its task's maximum.
+
+    A reference that cannot reach the maximum means the data and the rewards disagree
+    (coordinate frame, answer format, ground-truth layout): training would chase noise.
+    """
+    from perception_r1_verl.rewards import max_score
+
+    problems = []
+    for result in results:
+        info = result["row"]["extra_info"]
+        best = max_score(info["task"])
+        got = result["reference"]["reward_score"]
+        if got < best - 1e-6:
+            problems.append(
+                f"row {info.get('index')} ({info['task']}): the ground-truth answer scores {got:.4f} < {best:.4f}"
+            )
+    return problems
+
+
+def print_scores(results: list[dict]) -> None:
+    for result in results:
+        info = result["row"]["extra_info"]
+        for kind in ("reference", "empty"):
+            extra = result[kind]["reward_extra_info"]
+            parts = ", ".join(f"{k}={v:.3f}" for k, v in extra.items() if isinstance(v, float) and k != "score")
+            print(f"[recipe]   row {info.get('index')} {kind:9s} score={result[kind]['reward_score']:.3f}  {parts}")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m perception_r1_verl.recipe",
+        description="Prepare data, check the verl config and launch one Perception-R1 training recipe.",
+    )
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, appended after the recipe's")
+    parser.add_argument("--rows", type=int, default=4, help="rows scored through the reward manager (default 4)")
+    args = parser.parse_args(argv)
+
+    task = TASKS[args.task]
+    settings = Settings.from_env(task)
+    gpus = cuda_gpu_count()
+    dry_run = _env_flag(os.environ, "DRY_RUN")
+
+    prepare_data(task, settings)
+    overrides = build_overrides(task, settings) + args.overrides
+    print("[recipe] composing verl's config and running validate_config", flush=True)
+    config = compose(overrides)
+    validate(config)
+
+    print(f"[recipe] scoring {args.rows} val rows through the reward manager {config.reward.reward_manager.name!r}")
+    val_files = config.data.val_files
+    val_file = val_files if isinstance(val_files, str) else val_files[0]
+    results = score_rows(config, read_rows(Path(val_file), args.rows))
+    print_scores(results)
+    problems = check_scores(results)
+    if problems:
+        print("[recipe] the rewards disagree with the prepared data:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+
+    command = launch_command(overrides)
+    if gpus and not dry_run and settings.uses_sample and not _env_flag(os.environ, "SAMPLE_RUN"):
+        print(
+            f"[recipe] The data is the offline sample (DATASET_ROOT is unset and {settings.data_dir} holds no "
+            "train/val parquet): not training on it. Set DATASET_ROOT (see the README's Training section), "
+            "or SAMPLE_RUN=1 for a smoke run on the sample.\n" + shlex.join(command),
+            file=sys.stderr,
+        )
+        return 1
+    if gpus and not dry_run:
+        print(f"[recipe] launching on {gpus} GPU(s): {shlex.join(command)}", flush=True)
+        os.execv(command[0], command)
+    print("[recipe] launch command:\n" + shlex.join(command))
+    if dry_run:
+        print("[recipe] DRY_RUN is set: not launching.")
+    else:
+        print(
+            "[recipe] No CUDA GPU here: everything up to the launch is done, but training needs GPUs "
+            f"({settings.nnodes} node(s) x {settings.n_gpus_per_node}). Run the same command on a GPU machine."
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
