@@ -1,0 +1,65 @@
+"""``perception-r1-eval``: ``generate`` responses for a split, then ``score`` them."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perception-r1-eval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="greedy responses for every row of a split (resumable)")
+    gen.add_argument("--model", required=True, help="Hugging Face model folder or merged verl checkpoint")
+    gen.add_argument("--data", required=True, help="parquet split made by data_prep")
+    gen.add_argument("--out", required=True, help="responses jsonl (appended; existing indices are skipped)")
+    gen.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    gen.add_argument("--batch-size", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=int, default=2048)
+    gen.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, help="vLLM only")
+    gen.add_argument("--max-model-len", type=int, default=None, help="vLLM only")
+    gen.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM only")
+    gen.add_argument("--max-images", type=int, default=1, help="most images in one row (vLLM only)")
+    gen.add_argument("--dtype", default="auto", help="transformers only: auto, bfloat16, float32, ...")
+    gen.add_argument("--device", default=None, help="transformers only: cuda, cpu, ... (default: cuda if present)")
+    gen.add_argument("--limit", type=int, default=None, help="generate at most this many rows in this call")
+
+    sc = sub.add_parser("score", help="metrics, tables and report for a responses jsonl")
+    sc.add_argument("--data", required=True, help="parquet split the responses answer")
+    sc.add_argument("--responses", required=True, help='jsonl of {"index", "response"}')
+    sc.add_argument("--out", required=True, help="output folder")
+    sc.add_argument("--annotations", default=None, help="COCO instances.json (detection)")
+    sc.add_argument("--zh-tokenizer", choices=("auto", "jieba", "char"), default="auto",
+                    help="Chinese OCR tokenisation (auto: jieba if installed, else per character)")
+    sc.add_argument("--top-k", type=int, default=8, help="best and worst cases in report.html")
+    sc.add_argument("--no-report", action="store_true", help="skip report.html")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "generate":
+        from .generate import generate
+
+        stats = generate(args.model, args.data, args.out, backend=args.backend, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, tensor_parallel_size=args.tensor_parallel_size,
+                         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                         max_images=args.max_images, limit=args.limit, dtype=args.dtype, device=args.device,
+                         log=lambda msg: print(msg, file=sys.stderr))
+        print(f"{stats['generated']} generated ({stats['backend']}), {stats['already_done']} already done, "
+              f"{stats['rows']} rows in the split -> {args.out}")
+        return 0
+    from .score import score
+
+    metrics = score(args.data, args.responses, args.out, annotations=args.annotations,
+                    zh_tokenizer=args.zh_tokenizer, report=not args.no_report, top_k=args.top_k)
+    for warning in metrics["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    with open(f"{args.out}/metrics.md") as f:
+        print(f.read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

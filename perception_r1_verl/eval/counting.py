@@ -1,0 +1,35 @@
+"""Counting metrics (PixMo-Count val / test).
+
+The predicted count is the number of well-formed objects in the answer: boxes plus
+points, whichever the model listed (malformed items do not count, so a broken answer can
+never be right by its length alone). ``Acc`` is exact-match accuracy, as in the paper;
+``MAE`` is the mean absolute count error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..parsing import Answer
+
+
+def sample_counting(answer: Answer, gt: dict) -> dict:
+    """Per-sample record; ``score`` (minus the absolute error) ranks samples in the report.
+
+    >>> from perception_r1_verl.parsing import parse_answer
+    >>> sample_counting(parse_answer('[{"point_2d": [1, 2]}, {"point_2d": [5, 6]}]'), {"count": 2})
+    {'score': 0, 'pred_count': 2, 'gt_count': 2, 'correct': True}
+    """
+    pred, target = len(answer.boxes) + len(answer.points), int(gt["count"])
+    return {"score": -abs(pred - target), "pred_count": pred, "gt_count": target, "correct": pred == target}
+
+
+def summarize_counting(records: list[dict]) -> dict:
+    """Exact-match ``Acc`` and ``MAE``.
+
+    >>> summarize_counting([{"pred_count": 3, "gt_count": 3}, {"pred_count": 1, "gt_count": 4}])
+    {'Acc': 0.5, 'MAE': 1.5}
+    """
+    pred = np.array([r["pred_count"] for r in records])
+    target = np.array([r["gt_count"] for r in records])
+    return {"Acc": float(np.mean(pred == target)), "MAE": float(np.mean(np.abs(pred - target)))}

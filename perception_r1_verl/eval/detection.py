@@ -1,0 +1,289 @@
+"""COCO detection metrics through pycocotools, on every image of the split.
+
+What happens to each row of the split:
+
+- Its image is found in the annotation file by ``extra_info.source_id`` (an image id, a
+  ``file_name``, its base name or its stem). A row whose image is not there, or whose
+  ``image_size`` differs from the annotation's, stops the evaluation: boxes would be
+  scored against the wrong objects.
+- Every well-formed box of the answer is mapped from the answer frame
+  (``frames.answer_frame(model_family, input_size)``) to original pixels with
+  ``frames.scale_box`` and clipped to the image with ``frames.clip_box``.
+- Its label goes to a category id by name (case and surrounding space ignored). Boxes with
+  an unknown or missing label are counted (``n_unknown_label``) and left out: they cannot
+  be a true positive of any category.
+- Its score is ``1 / (1 + rank)``, ``rank`` being the box's position among the answer's
+  well-formed boxes: the answers carry no confidence, so the model's own output order
+  ranks its boxes, and first boxes of all images tie. Ties are broken as pycocotools does,
+  deterministically (stable sort by image id, then category).
+- An unparsable, empty or missing response is an image with no detections: it still
+  counts, with all its ground truth missed.
+
+The image set evaluated is the split's images (``params.imgIds``), never silently fewer.
+Annotation ids are renumbered 1..N when any is <= 0 or repeated: pycocotools stores the
+matched ground-truth id in ``dtMatches`` and reads 0 as "unmatched", so a ground truth with
+id 0 turns its true positive into a false positive (``labelme`` exports start at 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from ..frames import answer_frame, clip_box, scale_box
+from ..parsing import Answer
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _quiet():
+    """pycocotools prints progress on every call; keep it for the summary only."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _coco(dataset: dict):
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = dataset
+    with _quiet():
+        coco.createIndex()
+    return coco
+
+
+def normalize_label(name: str) -> str:
+    """The form labels and category names are compared in.
+
+    >>> normalize_label("  Traffic Light ")
+    'traffic light'
+    """
+    return name.strip().lower()
+
+
+def box_score(rank: int) -> float:
+    """The confidence of the ``rank``-th (0-based) well-formed box of an answer.
+
+    >>> [box_score(r) for r in range(3)]
+    [1.0, 0.5, 0.3333333333333333]
+    """
+    return 1.0 / (1 + rank)
+
+
+def fix_annotation_ids(dataset: dict) -> tuple[dict, bool]:
+    """A copy of a COCO dataset whose annotation ids are 1..N when any is <= 0 or repeated.
+
+    Missing ``area`` (box area) and ``iscrowd`` (0) are filled in too.
+
+    >>> d, changed = fix_annotation_ids({"annotations": [{"id": 0, "bbox": [0, 0, 2, 3]}]})
+    >>> d["annotations"], changed
+    ([{'id': 1, 'bbox': [0, 0, 2, 3], 'area': 6, 'iscrowd': 0}], True)
+    """
+    anns = dataset.get("annotations", [])
+    ids = [a.get("id") for a in anns]
+    renumber = any(not isinstance(i, int) or i <= 0 for i in ids) or len(set(ids)) != len(ids)
+    fixed = []
+    for n, ann in enumerate(anns, 1):
+        ann = dict(ann)
+        if renumber:
+            ann["id"] = n
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+        ann.setdefault("iscrowd", 0)
+        fixed.append(ann)
+    return {**dataset, "annotations": fixed}, renumber
+
+
+@dataclass
+class GroundTruth:
+    """The COCO ground truth of a split and how its rows and labels map into it."""
+
+    coco: object
+    image_of: dict  # sample index -> COCO image id
+    category_of: dict  # normalised name -> category id
+    source: str
+    notes: list = field(default_factory=list)
+
+
+def _category_map(categories: list[dict]) -> dict:
+    out = {}
+    for cat in categories:
+        key = normalize_label(cat["name"])
+        if key in out:
+            raise ValueError(f"two categories are both named {cat['name']!r} (ignoring case)")
+        out[key] = cat["id"]
+    return out
+
+
+def _image_finder(images: list[dict]):
+    """Look an image up by id, file name, base name or stem (in that order)."""
+    tables = [{str(img["id"]): img for img in images}, {}, {}, {}]
+    for img in images:
+        name = str(img.get("file_name", ""))
+        base = os.path.basename(name)
+        tables[1].setdefault(name, img)
+        tables[2].setdefault(base, img)
+        tables[3].setdefault(os.path.splitext(base)[0], img)
+
+    def find(source_id):
+        key = str(source_id)
+        for table in tables:
+            if key in table:
+                return table[key]
+        if key.isdigit() and str(int(key)) in tables[0]:  # zero-padded COCO ids
+            return tables[0][str(int(key))]
+        return None
+
+    return find
+
+
+def from_annotations(path_or_dataset, samples) -> GroundTruth:
+    """Ground truth from a COCO ``instances.json`` (a path or the loaded dict)."""
+    if isinstance(path_or_dataset, dict):
+        dataset, source = path_or_dataset, "annotations"
+    else:
+        with open(path_or_dataset, "rb") as f:
+            dataset, source = orjson.loads(f.read()), str(path_or_dataset)
+    dataset, renumbered = fix_annotation_ids(dataset)
+    find = _image_finder(dataset["images"])
+    image_of, missing, wrong_size, seen = {}, [], [], {}
+    for s in samples:
+        img = find(s.extra_info.get("source_id"))
+        if img is None:
+            missing.append(s.extra_info.get("source_id"))
+            continue
+        size = s.extra_info.get("image_size")
+        if size is not None and [img["width"], img["height"]] != list(size):
+            wrong_size.append((s.index, list(size), [img["width"], img["height"]]))
+        if img["id"] in seen:
+            raise ValueError(f"rows {seen[img['id']]} and {s.index} are both image {img['id']}")
+        seen[img["id"]] = s.index
+        image_of[s.index] = img["id"]
+    if missing:
+        raise ValueError(f"{len(missing)} rows' source_id are not images of {source}: {missing[:5]}")
+    if wrong_size:
+        raise ValueError(
+            f"{len(wrong_size)} rows' image_size differ from {source} (index, split, annotation): "
+            f"{wrong_size[:3]}; is this the annotation file the split was made from?"
+        )
+    notes = []
+    if renumbered:
+        notes.append("annotation ids renumbered 1..N (pycocotools reads id 0 as unmatched)")
+    left_out = len(dataset["images"]) - len(image_of)
+    if left_out:
+        notes.append(f"{left_out} images of {source} are not in the split and are not evaluated")
+    return GroundTruth(_coco(dataset), image_of, _category_map(dataset["categories"]), source, notes)
+
+
+def _to_original(box, sample) -> list[float]:
+    """An answer-frame box in original pixels, clipped to the image."""
+    info = sample.extra_info
+    size = tuple(info["image_size"])
+    frame = answer_frame(info["model_family"], tuple(info["input_size"]))
+    return clip_box(scale_box(box, frame, size), size)
+
+
+def from_split(samples) -> GroundTruth:
+    """Ground truth rebuilt from the split's own ``ground_truth`` objects.
+
+    The boxes were rounded to integers of the answer frame, and areas are box areas,
+    not mask areas, so AP, and APs/m/l most, can differ from the official numbers:
+    pass the annotation file for those.
+    """
+    names = sorted({normalize_label(n) for s in samples for n in s.ground_truth.get("categories", [])}
+                   | {normalize_label(o["label"]) for s in samples for o in s.ground_truth["objects"]})
+    category_of = {name: i for i, name in enumerate(names, 1)}
+    images, anns, image_of = [], [], {}
+    for n, s in enumerate(samples, 1):
+        w, h = s.extra_info["image_size"]
+        images.append({"id": n, "width": w, "height": h, "file_name": str(s.extra_info.get("source_id", n))})
+        image_of[s.index] = n
+        for obj in s.ground_truth["objects"]:
+            x1, y1, x2, y2 = _to_original(obj["bbox_2d"], s)
+            anns.append({
+                "id": len(anns) + 1, "image_id": n, "category_id": category_of[normalize_label(obj["label"])],
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
+            })
+    dataset = {"images": images, "annotations": anns,
+               "categories": [{"id": i, "name": name} for name, i in category_of.items()]}
+    note = "ground truth from the split (answer-frame rounding, box areas); pass --annotations for official numbers"
+    return GroundTruth(_coco(dataset), image_of, category_of, "split", [note])
+
+
+def detections_of(sample, answer: Answer, gt: GroundTruth) -> tuple[list[dict], list[str]]:
+    """COCO result dicts for one answer, and the labels that matched no category."""
+    image_id = gt.image_of[sample.index]
+    labels = answer.labels or [None] * len(answer.boxes)
+    dets, unknown = [], []
+    for rank, (box, label) in enumerate(zip(answer.boxes.tolist(), labels, strict=True)):
+        cat = gt.category_of.get(normalize_label(label)) if label is not None else None
+        if cat is None:
+            unknown.append(label)
+            continue
+        x1, y1, x2, y2 = _to_original(box, sample)
+        dets.append({"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                     "score": box_score(rank)})
+    return dets, unknown
+
+
+def _empty_results(coco_gt):
+    """A results object with no detections (``loadRes`` fails on an empty list)."""
+    return _coco({"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                  "annotations": []})
+
+
+def coco_evaluate(coco_gt, detections: list[dict], image_ids) -> tuple[dict, str, object]:
+    """COCOeval (bbox) over exactly ``image_ids``: metrics, printed summary, evaluator.
+
+    ``detections`` is handed to ``loadRes``, which adds keys to its dicts. pycocotools'
+    -1 ("no ground truth in this area range") becomes None.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    with _quiet():
+        coco_dt = coco_gt.loadRes(detections) if detections else _empty_results(coco_gt)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        evaluator.summarize()
+    metrics = {name: (None if v < 0 else float(v)) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
+    return metrics, summary.getvalue(), evaluator
+
+
+def per_image_f1(evaluator) -> dict:
+    """``{image_id: (tp, fp, fn)}`` at IoU 0.5 over all categories, from pycocotools' matching.
+
+    Uses the all-areas, max-detections slice of ``evalImgs``; ignored (crowd) ground truth
+    and the detections matched to it count neither way.
+    """
+    p = evaluator.params
+    n_img, n_area = len(p.imgIds), len(p.areaRng)
+    counts = {img: [0, 0, 0] for img in p.imgIds}
+    for k in range(len(p.catIds)):
+        for e in evaluator.evalImgs[k * n_area * n_img : k * n_area * n_img + n_img]:
+            if e is None:
+                continue
+            matched, ignored = e["dtMatches"][0] > 0, e["dtIgnore"][0].astype(bool)
+            gt_ok = ~np.asarray(e["gtIgnore"], dtype=bool)
+            tp = int(np.sum(matched & ~ignored))
+            c = counts[e["image_id"]]
+            c[0] += tp
+            c[1] += int(np.sum(~matched & ~ignored))
+            c[2] += int(gt_ok.sum()) - int(np.sum((e["gtMatches"][0] > 0) & gt_ok))
+    return {img: tuple(c) for img, c in counts.items()}
+
+
+def f1(tp: int, fp: int, fn: int) -> float:
+    """F1 of counts; an image with nothing to find and nothing found scores 1.
+
+    >>> f1(2, 1, 1), f1(0, 0, 0)
+    (0.6666666666666666, 1.0)
+    """
+    total = 2 * tp + fp + fn
+    return 2 * tp / total if total else 1.0

@@ -1,0 +1,248 @@
+"""Greedy batch generation over a ``data_prep`` split, resumable, with vLLM or transformers.
+
+Each row is presented as verl's ``RLHFDataset`` presents it: every ``<image>`` in the chat
+``prompt`` becomes an image content item, the processor's chat template is applied with
+``add_generation_prompt=True``, and each image is converted to RGB and resized with the
+Qwen-VL rule (``frames.smart_resize``, factor = patch size x merge size, the row's
+``min_pixels`` / ``max_pixels``) exactly as ``qwen_vl_utils.fetch_image`` does. A row whose
+resized size differs from its ``extra_info.input_size`` stops the run: the model would
+answer in another frame than the ground truth (a split prepared for another family).
+
+Output: one ``{"index": ..., "response": ...}`` line per row, appended and flushed after
+each batch. Rows whose index is already in the file are skipped, so a rerun resumes an
+interrupted one; a last line cut off by the interruption is dropped first. Special tokens
+such as ``<|box_start|>`` are kept (Qwen2-VL's labels live in them); only the
+end-of-sequence markers are removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import time
+from io import BytesIO
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+from PIL import Image
+
+from ..data.common import _to_rgb
+from ..frames import smart_resize
+from .dataset import read_responses
+
+_EOS_STRINGS = ("<|im_end|>", "<|endoftext|>")
+_PLACEHOLDER = re.compile(r"(<image>)")
+# qwen_vl_utils' bounds when a row gives none: 4 and 16384 tokens of factor x factor pixels.
+_MIN_TOKENS, _MAX_TOKENS = 4, 16384
+
+
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The Hugging Face model folder inside ``path`` (itself, or verl's ``huggingface/``).
+
+    An unmerged verl FSDP checkpoint raises with the merge command to run.
+    """
+    path = Path(path)
+    for candidate in (path, path / "huggingface", path / "actor" / "huggingface"):
+        has_weights = any(candidate.glob("*.safetensors")) or any(candidate.glob("*.bin"))
+        if (candidate / "config.json").exists() and has_weights:
+            return candidate
+    actor = path / "actor" if (path / "actor").is_dir() else path
+    if any(actor.glob("model_world_size_*")) or (actor / "huggingface").is_dir():
+        raise ValueError(
+            f"{path} is an unmerged verl checkpoint; merge it first: python -m verl.model_merger merge "
+            f"--backend fsdp --local_dir {actor} --target_dir {actor}/merged_hf"
+        )
+    raise ValueError(f"{path} holds no Hugging Face model (config.json and weights)")
+
+
+def fetch_image(item: dict, factor: int) -> Image.Image:
+    """The image the model sees for a parquet image cell ``{"bytes", "min_pixels", "max_pixels"}``."""
+    image = _to_rgb(Image.open(BytesIO(item["bytes"])))
+    min_pixels = item.get("min_pixels") or _MIN_TOKENS * factor * factor
+    max_pixels = item.get("max_pixels") or _MAX_TOKENS * factor * factor
+    size = smart_resize(*image.size, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return image.resize(size)
+
+
+def build_messages(prompt: list[dict], images: list[Image.Image]) -> list[dict]:
+    """Chat messages with each ``<image>`` replaced by an image item, as verl builds them."""
+    messages, used = copy.deepcopy(list(prompt)), 0
+    for message in messages:
+        if not isinstance(message["content"], str) or not images:
+            continue
+        content = []
+        for segment in _PLACEHOLDER.split(message["content"]):
+            if segment == "<image>":
+                if used >= len(images):
+                    raise ValueError("the prompt has more <image> placeholders than the row has images")
+                content.append({"type": "image", "image": images[used]})
+                used += 1
+            elif segment:
+                content.append({"type": "text", "text": segment})
+        message["content"] = content
+    if used != len(images):
+        raise ValueError(f"the prompt uses {used} of the row's {len(images)} images")
+    return messages
+
+
+def strip_eos(text: str) -> str:
+    """Drop end-of-sequence markers a decoder kept.
+
+    >>> strip_eos("[1, 2, 3, 4]<|im_end|><|endoftext|>")
+    '[1, 2, 3, 4]'
+    """
+    for eos in _EOS_STRINGS:
+        text = text.split(eos, 1)[0]
+    return text
+
+
+def patch_factor(processor) -> int:
+    """Resize factor of a Qwen-VL processor: patch size times the spatial merge size."""
+    ip = processor.image_processor
+    return int(ip.patch_size) * int(getattr(ip, "merge_size", 2))
+
+
+def _completed(out_path: Path) -> set[str]:
+    """Indices already written; a cut-off last line is removed so appends stay valid."""
+    if not out_path.exists():
+        return set()
+    data = out_path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(out_path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+    return set(read_responses(out_path)[0])
+
+
+class TransformersEngine:
+    """Batched greedy ``generate`` with transformers (CPU or one GPU)."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir, processor, max_new_tokens: int, dtype: str = "auto", device: str | None = None):
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        self.torch = torch
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.processor = processor
+        self.processor.tokenizer.padding_side = "left"  # generation continues on the right
+        self.max_new_tokens = max_new_tokens
+
+    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
+        flat = [im for ims in images for im in ims] or None
+        inputs = self.processor(text=prompts, images=flat, padding=True, return_tensors="pt").to(self.device)
+        with self.torch.inference_mode():
+            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        return [strip_eos(t) for t in self.processor.batch_decode(new, skip_special_tokens=False)]
+
+
+class VLLMEngine:
+    """Greedy generation with vLLM (tensor parallel over ``tensor_parallel_size`` GPUs)."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir, max_new_tokens: int, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, max_images: int = 1):
+        from vllm import LLM, SamplingParams
+
+        self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                       limit_mm_per_prompt={"image": max_images}, seed=0)
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
+
+    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
+        requests = [{"prompt": p, "multi_modal_data": {"image": ims}} if ims else {"prompt": p}
+                    for p, ims in zip(prompts, images, strict=True)]
+        outputs = self.llm.generate(requests, self.params, use_tqdm=False)
+        return [strip_eos(o.outputs[0].text) for o in outputs]
+
+
+def vllm_available() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _rows(data, todo: set[str], batch_rows: int):
+    """``(prompt, images, extra_info)`` of the rows still to generate, in parquet order."""
+    for batch in pq.ParquetFile(data).iter_batches(columns=["prompt", "images", "extra_info"], batch_size=batch_rows):
+        for row in batch.to_pylist():
+            if str(row["extra_info"]["index"]) in todo:
+                yield row["prompt"], row["images"] or [], row["extra_info"]
+
+
+def prepare(prompt, cells, extra_info, processor, factor: int) -> tuple[str, list[Image.Image]]:
+    """The chat text and resized images of one row, as the model will see them."""
+    images = [fetch_image(c, factor) for c in cells]
+    expected = extra_info.get("input_size")
+    if images and expected is not None and list(images[0].size) != list(expected):
+        raise ValueError(
+            f"row {extra_info.get('index')}: this model's processor resizes the image to {images[0].size}, "
+            f"the split expects {tuple(expected)} (model_family {extra_info.get('model_family')!r}); "
+            "prepare the split for this model family"
+        )
+    text = processor.apply_chat_template(build_messages(prompt, images), add_generation_prompt=True, tokenize=False)
+    return text, images
+
+
+def generate(model, data, out, *, backend: str = "auto", batch_size: int = 64, max_new_tokens: int = 2048,
+             tensor_parallel_size: int = 1, max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
+             max_images: int = 1, limit: int | None = None, dtype: str = "auto", device: str | None = None,
+             log=print) -> dict:
+    """Generate a response for every row of ``data`` not yet in ``out``; returns counts.
+
+    ``backend``: ``"vllm"``, ``"transformers"`` or ``"auto"`` (vLLM when importable).
+    ``limit`` caps the rows generated by this call (for smoke runs); ``max_images`` is the
+    most images one row holds (vLLM reserves memory for them).
+    """
+    from ..data.qwen_vl import load_processor
+    from .dataset import read_split
+
+    model_dir = resolve_model_dir(model)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _completed(out)
+    samples = read_split(data)
+    remaining = [s.index for s in samples if s.index not in done]
+    todo = remaining[:limit]
+    stats = {"rows": len(samples), "already_done": len(samples) - len(remaining), "generated": 0, "backend": None}
+    if not todo:
+        return stats
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "transformers"
+    processor = load_processor(model_dir)  # works without torchvision too
+    factor = patch_factor(processor)
+    if backend == "vllm":
+        engine = VLLMEngine(model_dir, max_new_tokens, tensor_parallel_size, max_model_len,
+                            gpu_memory_utilization, max_images)
+    elif backend == "transformers":
+        engine = TransformersEngine(model_dir, processor, max_new_tokens, dtype, device)
+    else:
+        raise ValueError(f"backend must be 'auto', 'vllm' or 'transformers', got {backend!r}")
+    stats["backend"] = engine.name
+    start = time.perf_counter()
+    batch: list = []
+    with open(out, "ab") as f:
+        def flush():
+            responses = engine.generate([b[1] for b in batch], [b[2] for b in batch])
+            lines = (orjson.dumps({"index": b[0], "response": r}) + b"\n" for b, r in zip(batch, responses, strict=True))
+            f.write(b"".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+            stats["generated"] += len(batch)
+            log(f"{stats['generated']}/{len(todo)} rows, {time.perf_counter() - start:.0f}s")
+            batch.clear()
+
+        for prompt, cells, extra_info in _rows(data, set(todo), max(batch_size, 64)):
+            batch.append((extra_info["index"], *prepare(prompt, cells, extra_info, processor, factor)))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+    return stats
