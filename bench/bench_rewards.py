@@ -136,14 +136,17 @@ def floor(text: str, gt_boxes: np.ndarray, match: bool) -> float:
     return float(ious.max())
 
 
-def _rate(fn, cases, repeat: int) -> float:
-    best = float("inf")
+def _rates(fns, cases, repeat: int) -> list[float]:
+    """Completions/s of each fn, best of ``repeat`` rounds; the fns alternate within a round
+    so a busy machine slows them alike and the ratio stays meaningful."""
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        start = time.perf_counter()
-        for case in cases:
-            fn(case)
-        best = min(best, time.perf_counter() - start)
-    return len(cases) / best
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            for case in cases:
+                fn(case)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [len(cases) / t for t in best]
 
 
 def _gt_boxes(truth: str) -> np.ndarray:
@@ -154,9 +157,10 @@ def _gt_boxes(truth: str) -> np.ndarray:
 
 def bench_task(name: str, cases, repeat: int, manager_rate=None) -> None:
     match = name == "detection"
-    floor_cases = [(text, _gt_boxes(truth)) for text, truth, _ in cases]
-    floor_rate = _rate(lambda c: floor(c[0], c[1], match), floor_cases, repeat)
-    ours = _rate(lambda c: compute_score("bench", c[0], c[1], c[2]), cases, repeat)
+    floor_cases = [(text, _gt_boxes(truth), truth, extra) for text, truth, extra in cases]
+    floor_rate, ours = _rates(
+        [lambda c: floor(c[0], c[1], match), lambda c: compute_score("bench", c[0], c[2], c[3])], floor_cases, repeat
+    )
     print(f"{name:10s} floor {floor_rate:10,.0f}/s   compute_score {ours:10,.0f}/s   time ratio {floor_rate / ours:5.2f}x")
     if manager_rate is not None:
         rate = manager_rate(cases)
@@ -166,7 +170,7 @@ def bench_task(name: str, cases, repeat: int, manager_rate=None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=4096)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--manager", action="store_true", help="also time the verl reward manager")
     args = parser.parse_args()
     det, grd = detection_cases(args.n), grounding_cases(args.n)

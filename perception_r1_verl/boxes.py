@@ -36,16 +36,14 @@ def pairwise_iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     >>> i.round(3).tolist(), g.round(3).tolist()
     ([[1.0, 0.0]], [[1.0, -0.333]])
     """
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    a, b = a[:, None, :], b[None, :, :]
-    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area_a[:, None] + area_b[None, :] - inter
+    # Column views broadcast (N, 1) against (M,): cheaper than slicing (N, M, 2) arrays.
+    ax1, ay1, ax2, ay2 = (a[:, i : i + 1] for i in range(4))
+    bx1, by1, bx2, by2 = b.T
+    inter = np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0) * np.maximum(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0)
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     iou_m = inter / np.maximum(union, EPS)
-    hull = np.maximum(a[..., 2:], b[..., 2:]) - np.minimum(a[..., :2], b[..., :2])
-    hull_area = hull[..., 0] * hull[..., 1]
-    return iou_m, iou_m - (hull_area - union) / np.maximum(hull_area, EPS)
+    hull = (np.maximum(ax2, bx2) - np.minimum(ax1, bx1)) * (np.maximum(ay2, by2) - np.minimum(ay1, by1))
+    return iou_m, iou_m - (hull - union) / np.maximum(hull, EPS)
 
 
 def to_cxcywh(boxes: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ class DetectionTruth(NamedTuple):
     boxes: np.ndarray  # (M, 4) in the answer frame, clipped
     label_ids: np.ndarray  # (M,) index into ``names``
     names: dict  # normalised label -> id; covers ``categories`` and every ground-truth label
-    bounds: tuple  # (W, H, W, H) of the frame, to clip predictions
+    bounds: np.ndarray  # (W, H, W, H) of the frame, to clip predictions
     cxcywh: np.ndarray  # boxes normalised by the frame, centre-size, for the L1 cost
     scale: np.ndarray  # (4,) divides xyxy into that normalised frame
 
@@ -100,12 +100,12 @@ class DetectionReward:
                 raise ValueError(f"detection ground truth box must be [x1, y1, x2, y2], got {obj['bbox_2d']!r}")
             boxes.append(box)
             label_ids.append(names.setdefault(label, len(names)))
-        bounds = frame_of(gt) * 2
+        bounds = np.array(frame_of(gt) * 2, dtype=np.float64)
         boxes = np.clip(np.array(boxes, dtype=np.float64).reshape(-1, 4), 0, bounds)
         # The L1 cost lives in the normalised frame; without a frame, in the paper's 0-1000 one.
-        scale = np.array(bounds if bounds[0] < COORD_LIMIT else (RELATIVE_SCALE,) * 4, dtype=np.float64)
+        scale = bounds if bounds[0] < COORD_LIMIT else np.full(4, float(RELATIVE_SCALE))
         truth = DetectionTruth(boxes, np.array(label_ids, dtype=np.int64), names, bounds, to_cxcywh(boxes / scale), scale)
-        for array in (truth.boxes, truth.label_ids, truth.cxcywh):
+        for array in (truth.boxes, truth.label_ids, truth.bounds, truth.cxcywh, truth.scale):
             array.setflags(write=False)  # shared by every rollout of the prompt
         return truth
 
@@ -116,7 +116,7 @@ class DetectionReward:
         matched, label_acc, mean_iou, unknown = 0, 0.0, 0.0, 0.0
         boxes = answer.boxes
         if len(boxes):
-            boxes = np.clip(boxes, 0, gt.bounds)
+            boxes = np.minimum(np.maximum(boxes, 0), gt.bounds)  # np.clip: same, slower
             first = {}
             for i, key in enumerate(map(tuple, boxes.tolist())):
                 first.setdefault(key, i)
@@ -131,9 +131,9 @@ class DetectionReward:
                 rows, cols = linear_sum_assignment(self.l1_cost * l1 - self.label_cost * agree - self.giou_cost * gious)
                 kept = ious[rows, cols] >= self.match_iou
                 matched = int(kept.sum())
-                if matched:
-                    label_acc = float(agree[rows, cols][kept].mean())
-                    mean_iou = float(ious[rows, cols][kept].mean())
+                if matched:  # sums over a Python division: np.mean costs more than the data
+                    label_acc = int(agree[rows, cols][kept].sum()) / matched
+                    mean_iou = float(ious[rows, cols][kept].sum()) / matched
         if not answer.parsed:
             precision = recall = 0.0
         else:
