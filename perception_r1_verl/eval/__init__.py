@@ -5,7 +5,3 @@ transformers); ``perception-r1-eval score`` turns it into ``metrics.json``, ``me
 ``samples.jsonl``, ``report.html`` and, for detection, the COCO ``detections.json`` that
 pycocotools evaluated. See the README's *Evaluation* section.
 """
-
-from .score import score, score_samples
-
-__all__ = ["score", "score_samples"]

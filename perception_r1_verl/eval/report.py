@@ -49,11 +49,13 @@ def _frame_to_image(sample, image: Image.Image):
     return to_image
 
 
-def _draw_boxes(draw, boxes, color, width, labels=None):
+def _draw_boxes(draw, boxes, color, width, labels=None, bottom=False):
+    """Boxes with their labels inside the top-left corner (bottom-left when ``bottom``)."""
     for i, box in enumerate(boxes):
         draw.rectangle(box, outline=color, width=width)
         if labels and labels[i]:
-            draw.text((box[0] + width, box[1] + width), str(labels[i]), fill=color)
+            y = box[3] - width - 12 if bottom else box[1] + width
+            draw.text((box[0] + width, y), str(labels[i]), fill=color)
 
 
 def _draw_points(draw, points, color, radius):
@@ -91,7 +93,7 @@ def draw_case(image: Image.Image, sample, record: dict, response: str, scored) -
         _draw_boxes(draw, [xyxy(a["bbox"]) for a in anns], GT_COLOR, width, [names[a["category_id"]] for a in anns])
         dets = [d for d in scored.detections if d["image_id"] == record["image_id"]]
         _draw_boxes(draw, [xyxy(d["bbox"]) for d in dets], PRED_COLOR, width,
-                    [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets])
+                    [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets], bottom=True)
     image.thumbnail((THUMB, THUMB))
     return image
 
