@@ -1,0 +1,96 @@
+"""Produced parquet read by verl's RLHFDataset with a local Qwen processor: sizes, tokens, rewards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
+from qwen_fixtures import QWEN2_5_VL_PREPROCESSOR, qwen2_5_vl_processor_dir, write_qwen2_5_vl_processor  # noqa: F401 (fixture)
+
+from perception_r1_verl.data.check import inspect_parquet
+from perception_r1_verl.data.coco import convert_coco
+from perception_r1_verl.data.common import SCHEMA, ConvertOptions
+from perception_r1_verl.data.page_ocr import convert_page_ocr
+from perception_r1_verl.data.pixmo_count import convert_pixmo_count
+from perception_r1_verl.data.refcoco import convert_refcoco
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _all_sources(root: Path, family: str, **kw) -> list[Path]:
+    """One parquet per source, all from real third-party images."""
+    o = ConvertOptions(progress=False, model_family=family, **kw)
+    voc, voc_dir, boxes = voc_as_coco(root / "voc")
+    coins, points = coins_with_points(root / "coins")
+    (root / "coins" / "t.jsonl").write_text(
+        json.dumps({"image": "coins.png", "label": "coins", "count": len(points), "points": points}) + "\n"
+    )
+    (root / "refs.jsonl").write_text(
+        "\n".join(json.dumps({"image": "voc.jpg", "expression": n, "bbox": b}) for b, n in boxes[:3]) + "\n"
+    )
+    outs = [root / f"{n}.parquet" for n in ("det", "ref", "count")]
+    convert_coco(voc, voc_dir, outs[0], o)
+    convert_refcoco(outs[1], o, jsonl=root / "refs.jsonl", images=voc_dir)
+    convert_pixmo_count(root / "coins" / "t.jsonl", root / "coins", outs[2], o)
+    return outs
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("think", [False, True])
+def test_every_source_passes_inspection(tmp_path, qwen2_5_vl_processor_dir, family, think):
+    for parquet in _all_sources(tmp_path, family, think=think):
+        report = inspect_parquet(parquet, qwen2_5_vl_processor_dir, n_draw=2, grid=tmp_path / "g.png")
+        assert report.ok, report.problems
+        assert report.checked == report.rows > 0 and report.not_renderable == 0
+
+
+def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
+    img, text = tesseract_page()
+    shutil.copy(img, tmp_path / "page.png")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "page.png", "text": text}) + "\n")
+    convert_page_ocr(tmp_path / "p.jsonl", None, tmp_path / "ocr.parquet", ConvertOptions(progress=False))
+    convert_coco(labelme_coco(), None, tmp_path / "det.parquet", ConvertOptions(progress=False, image_store="resized"))
+    for name in ("ocr", "det"):
+        run = subprocess.run(
+            [sys.executable, REPO / "data_prep" / "inspect.py", tmp_path / f"{name}.parquet", "--processor",
+             qwen2_5_vl_processor_dir],
+            capture_output=True, text=True,
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "0 problems" in run.stdout
+        assert (tmp_path / f"{name}.grid.png").stat().st_size > 1000
+
+
+def test_qwen3_vl_patch_16(tmp_path):
+    """Qwen3-VL's patch of 16: verl resizes with factor 32, as the converter recorded."""
+    folder = write_qwen2_5_vl_processor(tmp_path / "qwen3ish")
+    (folder / "preprocessor_config.json").write_text(json.dumps({**QWEN2_5_VL_PREPROCESSOR, "patch_size": 16}))
+    for parquet in _all_sources(tmp_path, "qwen3_vl"):
+        report = inspect_parquet(parquet, folder, n_draw=0)
+        assert report.ok, report.problems
+
+
+def test_inspection_catches_wrong_rows(tmp_path, qwen2_5_vl_processor_dir):
+    det, ref, _ = _all_sources(tmp_path, "qwen2_5_vl")
+    table = pq.read_table(det).to_pylist() + pq.read_table(ref).to_pylist()
+    table[0]["extra_info"]["input_size"] = [10, 10]
+    gt = orjson.loads(table[0]["reward_model"]["ground_truth"])
+    gt["objects"][0]["bbox_2d"] = [50, 50, 10, 10]  # inverted
+    table[0]["reward_model"]["ground_truth"] = orjson.dumps(gt).decode()
+    table[1]["extra_info"]["task"] = "detection"  # a grounding row labelled detection
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(table, schema=SCHEMA), bad)
+    report = inspect_parquet(bad, qwen2_5_vl_processor_dir, n_draw=0)
+    text = "\n".join(report.problems)
+    assert "row 0 (coco 7): verl feeds the image at (504, 364), extra_info says (10, 10)" in text
+    assert "row 0 (coco 7): processor grid 36x26 patches of 14" in text
+    assert "row 0 (coco 7): ground truth as an answer scores" in text or "row 0 (coco 7): bad detection" in text
+    assert "row 1 (refcoco" in text and "does not fit task 'detection'" in text
