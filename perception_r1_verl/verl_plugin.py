@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 _NOT_REGISTERED = "perception-r1-verl: verl's reward manager 'perception' is not registered"
 
 try:
-    from perception_r1_verl.reward_manager import PerceptionRewardManager  # noqa: F401  (registers)
+    # Registers 'perception'. A plain module import: when the reward manager's own import
+    # started this one (it imports verl), it is still half-initialised, and finishes later.
+    import perception_r1_verl.reward_manager  # noqa: F401
 except Exception:
     logger.error("perception-r1-verl: the verl reward manager 'perception' failed to load", exc_info=True)
 

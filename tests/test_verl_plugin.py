@@ -64,13 +64,18 @@ def make_batch(tokenizer, rows: list[dict]) -> DataProto:
     )
 
 
-def grounding_row(response: str, index: int = 0) -> dict:
+def make_row(task: str, response: str, truth, family: str, index: int, data_source: str | None = None) -> dict:
     return {
         "response": response,
-        "data_source": "refcoco",
-        "ground_truth": json.dumps({"bbox_2d": [100, 100, 300, 300], "frame": [1000, 1000]}),
-        "extra_info": {"task": "grounding", "model_family": "qwen2_vl", "index": index},
+        "data_source": data_source or task,
+        "ground_truth": truth if isinstance(truth, str) else json.dumps(truth),
+        "extra_info": {"task": task, "model_family": family, "index": index},
     }
+
+
+def grounding_row(response: str, index: int = 0) -> dict:
+    truth = {"bbox_2d": [100, 100, 300, 300], "frame": [1000, 1000]}
+    return make_row("grounding", response, truth, "qwen2_vl", index, data_source="refcoco")
 
 
 # --- registration -----------------------------------------------------------------------
@@ -78,14 +83,27 @@ def grounding_row(response: str, index: int = 0) -> dict:
 
 def test_import_verl_registers_perception_through_the_entry_point():
     result = run_python(
-        "import runpy, sys, verl\n"
+        "import sys, verl\n"
         "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
         "cls = get_reward_manager_cls('perception')\n"
         "assert cls.__module__ == 'perception_r1_verl.reward_manager', cls\n"
         "assert 'perception_r1_verl.verl_plugin' in sys.modules\n"
-        "runpy.run_module('perception_r1_verl.verl_plugin', run_name='__main__')  # the preflight CLI\n"
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_the_manager_before_verl_logs_no_error():
+    # The manager imports verl, which imports the plugin while the manager is half-done.
+    result = run_python("import perception_r1_verl.reward_manager, verl\nfrom perception_r1_verl import verl_plugin\n"
+                        "verl_plugin.check_registered()")
+    assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
+
+
+def test_the_preflight_cli_passes():
+    result = subprocess.run(
+        [sys.executable, "-m", "perception_r1_verl.verl_plugin"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
     assert "verl reward manager 'perception' is registered" in result.stdout
 
 
@@ -278,11 +296,9 @@ def mixed_task_rows() -> list[dict]:
     rows = []
     for index, (task, truth) in enumerate(truths.items()):
         family = "qwen2_vl" if task == "grounding" else "qwen2_5_vl"
-        for response in (render_answer(task, truth, family), wrong[task]):
-            extra_info = {"task": task, "model_family": family, "index": index}
-            rows.append({"response": response, "data_source": task, "ground_truth": json.dumps(truth), "extra_info": extra_info})
-    bad = {"response": "[]", "data_source": "detection", "ground_truth": "{not json", "extra_info": {"task": "detection"}}
-    return [*rows, bad]
+        for answer in (render_answer(task, truth, family), wrong[task]):
+            rows.append(make_row(task, answer, truth, family, index))
+    return [*rows, make_row("detection", "[]", "{not json", "qwen2_5_vl", len(truths))]
 
 
 @pytest.fixture(scope="module")
@@ -321,5 +337,6 @@ def test_reward_loop_manager_scores_a_mixed_batch_under_ray(tokenizer, ray_cpu):
 
     # verl's validation metrics accept the columns and skip the None cells per data source.
     columns = {key: list(values) for key, values in extra.items()}
-    metrics = process_validation_metrics([row["data_source"] for row in rows], [str(i) for i in range(len(rows))], columns)
+    sources, uids = [row["data_source"] for row in rows], [str(i) for i in range(len(rows))]
+    metrics = process_validation_metrics(sources, uids, columns)
     assert "iou" in metrics["grounding"] and "iou" not in metrics["ocr"] and "f1" in metrics["detection"]
