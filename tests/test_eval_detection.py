@@ -172,7 +172,8 @@ def test_unparsable_and_missing_responses_count_as_images_without_detections(spl
     assert m["AR100"] == pytest.approx(pycocotools_stats(labelme_dataset(True), only_first)[8], abs=0.02)
     assert m["AR100"] < 0.5
     records = [orjson.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_bytes().splitlines()]
-    assert [r["n_pred"] for r in records] == [3, 0, 0] and [r["fn"] for r in records][1:] == [3, 6]
+    assert [(r["n_pred"], r["tp"], r["fp"], r["fn"]) for r in records] == [(3, 3, 0, 0), (0, 0, 0, 3), (0, 0, 0, 6)]
+    assert [r["score"] for r in records] == [1.0, 0.0, 0.0]  # per-image F1 at IoU 0.5 ranks the report
 
 
 def test_no_detections_at_all_score_zero_not_crash(split, tmp_path):

@@ -260,23 +260,33 @@ def per_image_f1(evaluator) -> dict:
     """``{image_id: (tp, fp, fn)}`` at IoU 0.5 over all categories, from pycocotools' matching.
 
     Uses the all-areas, max-detections slice of ``evalImgs``; ignored (crowd) ground truth
-    and the detections matched to it count neither way.
+    and the detections matched to it count neither way. Vectorised over all entries at
+    once: per-entry numpy calls would cost a tenth of the evaluation itself.
     """
     p = evaluator.params
     n_img, n_area = len(p.imgIds), len(p.areaRng)
-    counts = {img: [0, 0, 0] for img in p.imgIds}
-    for k in range(len(p.catIds)):
-        for e in evaluator.evalImgs[k * n_area * n_img : k * n_area * n_img + n_img]:
-            if e is None:
-                continue
-            matched, ignored = e["dtMatches"][0] > 0, e["dtIgnore"][0].astype(bool)
-            gt_ok = ~np.asarray(e["gtIgnore"], dtype=bool)
-            tp = int(np.sum(matched & ~ignored))
-            c = counts[e["image_id"]]
-            c[0] += tp
-            c[1] += int(np.sum(~matched & ~ignored))
-            c[2] += int(gt_ok.sum()) - int(np.sum((e["gtMatches"][0] > 0) & gt_ok))
-    return {img: tuple(c) for img, c in counts.items()}
+    entries = [e for k in range(len(p.catIds))
+               for e in evaluator.evalImgs[k * n_area * n_img : k * n_area * n_img + n_img] if e is not None]
+    if not entries:
+        return {img: (0, 0, 0) for img in p.imgIds}
+    position = {img: i for i, img in enumerate(p.imgIds)}
+    where = [position[e["image_id"]] for e in entries]
+
+    def owner(key):  # the image position of every detection / ground truth, in entry order
+        return np.repeat(where, [len(e[key]) for e in entries])
+
+    def row0(key):  # the IoU=0.5 row of a (T, n) array, all entries end to end
+        return np.concatenate([e[key][0] for e in entries])
+
+    counted = ~np.concatenate([e["dtIgnore"][0] for e in entries]).astype(bool)
+    matched = row0("dtMatches") > 0
+    gt_ok = ~np.concatenate([np.asarray(e["gtIgnore"], dtype=bool) for e in entries])
+    missed = gt_ok & ~(row0("gtMatches") > 0)
+    dt_owner, gt_owner = owner("dtIds"), owner("gtIds")
+    tp = np.bincount(dt_owner, weights=matched & counted, minlength=n_img)
+    fp = np.bincount(dt_owner, weights=~matched & counted, minlength=n_img)
+    fn = np.bincount(gt_owner, weights=missed, minlength=n_img)
+    return {img: (int(tp[i]), int(fp[i]), int(fn[i])) for i, img in enumerate(p.imgIds)}
 
 
 def f1(tp: int, fp: int, fn: int) -> float:
