@@ -266,3 +266,14 @@ def test_reward_objects_are_usable_alone():
     reward = get_reward("grounding", iou_shape="iou_squared")
     truth = reward.prepare({"bbox_2d": [0, 0, 10, 10]})
     assert reward("[0, 0, 10, 5]", truth)["score"] == 1.25
+
+
+@pytest.mark.parametrize("task, gt", [("grounding", GT_BOX), ("counting", COUNT_GT), ("ocr", {"text": "x"}), ("detection", DET_GT)])
+def test_declared_components_are_what_the_reward_returns(task, gt):
+    # The reward manager logs a fixed key set built from these declarations.
+    from perception_r1_verl.rewards import REWARDS, component_keys
+
+    for completion in ["", "[0, 0, 10, 10]", items((CAT, "cat"))]:
+        result = score(task, completion, gt)
+        assert tuple(result) == ("score", *REWARDS[task].components)
+        assert set(result) <= set(component_keys())

@@ -31,6 +31,7 @@ __all__ = [
     "DetectionReward",
     "GroundingReward",
     "OCRReward",
+    "component_keys",
     "compute_score",
     "format_score",
     "get_reward",
@@ -101,6 +102,18 @@ def _freeze(kwargs: dict) -> tuple:
 def get_reward(task: str, **settings):
     """The configured reward object of ``task`` (cached): call it as ``reward(completion, truth)``."""
     return _reward(task, _freeze(settings))
+
+
+def component_keys() -> tuple[str, ...]:
+    """``score`` and every component of every registered task, in a fixed order.
+
+    >>> component_keys()[:4]
+    ('score', 'count', 'exact', 'ratio')
+    """
+    keys = {"score": None}
+    for task in sorted(REWARDS):
+        keys.update(dict.fromkeys(REWARDS[task].components))
+    return tuple(keys)
 
 
 def max_score(task: str, **settings) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -35,6 +36,7 @@ class CountingReward:
     2.0
     """
 
+    components: ClassVar[tuple] = ("count", "exact", "ratio", "location", "format")
     count_weight: float = 1.0
     format_weight: float = 1.0
 

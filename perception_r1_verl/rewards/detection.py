@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -74,6 +74,9 @@ class DetectionReward:
     (0.5, 1.0, 0.0, 1.5)
     """
 
+    components: ClassVar[tuple] = (
+        "format", "precision", "recall", "f1", "label_accuracy", "mean_iou", "missing_penalty", "unknown_labels", "num_pred",
+    )  # fmt: skip
     format_weight: float = 0.25
     f1_weight: float = 0.75
     label_weight: float = 1.0

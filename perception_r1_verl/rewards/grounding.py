@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..boxes import iou
 from ..frames import clip_box, frame_of
@@ -30,6 +31,7 @@ class GroundingReward:
     1.25
     """
 
+    components: ClassVar[tuple] = ("iou", "acc@0.5", "format")
     iou_shape: str = "iou"
     iou_weight: float = 1.0
     format_weight: float = 1.0

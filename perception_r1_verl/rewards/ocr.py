@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rapidfuzz.distance import Levenshtein
 
@@ -64,6 +65,7 @@ class OCRReward:
     0.455
     """
 
+    components: ClassVar[tuple] = ("edit_similarity", "format")
     text_weight: float = 1.0
     format_weight: float = 1.0
     whitespace: str = "collapse"
