@@ -135,3 +135,12 @@ def test_unmerged_verl_checkpoint_names_the_merge_command(tmp_path):
         resolve_model_dir(tmp_path / "global_step_10")
     with pytest.raises(ValueError, match="no Hugging Face model"):
         resolve_model_dir(tmp_path)
+
+
+def test_vllm_backend_without_vllm_says_so(tiny_model, tmp_path):
+    from perception_r1_verl.eval.generate import vllm_available
+
+    if vllm_available():
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ValueError, match="vLLM is not installed"):
+        generate(tiny_model, split(tmp_path, n=1), tmp_path / "r.jsonl", backend="vllm", log=lambda _: None)

@@ -135,7 +135,10 @@ class TransformersEngine:
         flat = [im for ims in images for im in ims] or None
         inputs = self.processor(text=prompts, images=flat, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
-            out = self.model.generate(**inputs, do_sample=False, max_new_tokens=self.max_new_tokens)
+            # repetition_penalty=1: plain greedy, as vLLM and verl's validation decode (Qwen2.5-VL's
+            # generation_config would otherwise add 1.05).
+            out = self.model.generate(**inputs, do_sample=False, repetition_penalty=1.0,
+                                      max_new_tokens=self.max_new_tokens)
         new = out[:, inputs["input_ids"].shape[1]:]
         return [strip_eos(t) for t in self.processor.batch_decode(new, skip_special_tokens=False)]
 
@@ -216,6 +219,8 @@ def generate(model, data, out, *, backend: str = "auto", batch_size: int = 64, m
         return stats
     if backend == "auto":
         backend = "vllm" if vllm_available() else "transformers"
+    elif backend == "vllm" and not vllm_available():
+        raise ValueError("vLLM is not installed (pip install 'perception-r1-verl[gpu]'); or use --backend transformers")
     processor = load_processor(model_dir)  # works without torchvision too
     factor = patch_factor(processor)
     if backend == "vllm":
