@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perception_r1_verl import frames
+from perception_r1_verl.trainer import TRAINER_MODE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_MODULE = "verl.trainer.main_ppo"
@@ -241,6 +242,12 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         # logs every reward component in reward_extra_info.
         "reward.reward_manager.source=register",
         "reward.reward_manager.name=perception",
+        # verl 0.9.1 logs the reward components only at validation; this subclass of its sync
+        # trainer also logs reward/<component>/* every step. verl looks trainers up in its
+        # registry inside the Ray task runner, so every Ray process imports the module that
+        # registers it, through verl's own VERL_USE_EXTERNAL_MODULES.
+        f"trainer.v1.trainer_mode={TRAINER_MODE}",
+        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=perception_r1_verl.trainer",
         "trainer.total_epochs=1",
         f"trainer.n_gpus_per_node={settings.n_gpus_per_node}",
         f"trainer.nnodes={settings.nnodes}",
