@@ -144,3 +144,34 @@ def test_vllm_backend_without_vllm_says_so(tiny_model, tmp_path):
         pytest.skip("vLLM is installed here")
     with pytest.raises(ValueError, match="vLLM is not installed"):
         generate(tiny_model, split(tmp_path, n=1), tmp_path / "r.jsonl", backend="vllm", log=lambda _: None)
+
+
+def test_vllm_engine_plumbing_with_a_stand_in(tiny_model, tmp_path, monkeypatch):
+    """The vLLM path's requests and settings, with a stand-in module (no GPU here)."""
+    import sys
+
+    calls = {"requests": []}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            calls["sampling"] = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["llm"] = kwargs
+
+        def generate(self, requests, params, use_tqdm):
+            calls["requests"] += requests
+            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="[1, 2, 3, 4]<|im_end|>")])
+                    for _ in requests]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    out = tmp_path / "r.jsonl"
+    stats = generate(tiny_model, split(tmp_path, n=3), out, tensor_parallel_size=4, batch_size=2, log=lambda _: None)
+    assert stats["backend"] == "vllm" and stats["generated"] == 3  # "auto" picks vLLM when importable
+    assert calls["llm"]["tensor_parallel_size"] == 4 and calls["llm"]["limit_mm_per_prompt"] == {"image": 1}
+    assert calls["sampling"] == {"temperature": 0.0, "max_tokens": 2048, "skip_special_tokens": False}
+    request = calls["requests"][0]
+    assert request["prompt"].endswith("Output the bounding box of the dog in the image.<|im_end|>\n<|im_start|>assistant\n")
+    assert [im.size for im in request["multi_modal_data"]["image"]] == [(112, 112)]
+    assert [r["response"] for r in read_jsonl(out)] == ["[1, 2, 3, 4]"] * 3

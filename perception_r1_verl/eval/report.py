@@ -22,6 +22,7 @@ from ..frames import answer_frame, scale_box
 from ..parsing import parse_answer
 from .dataset import read_images
 from .ocr import language
+from .score import format_value, metric_names
 
 GT_COLOR, PRED_COLOR = (0, 200, 0), (230, 0, 0)
 THUMB = 640  # longest side of the drawn image, pixels
@@ -160,7 +161,9 @@ def write_report(out_dir, data, samples, scored, responses: dict | None = None, 
     images = read_images(data, {samples[i].row for i in worst + best})
     legend = ('<p class="legend"><span style="color:#0a0">ground truth</span>'
               '<span style="color:#e00">prediction</span></p>')
-    body = [f"<h1>{html.escape(scored.task)}: {html.escape(Path(data).name)}</h1>", legend]
+    values = ", ".join(f"{n} {format_value(n, scored.metrics[n])}" for n in metric_names(scored.metrics))
+    body = [f"<h1>{html.escape(scored.task)}: {html.escape(Path(data).name)}</h1>",
+            f"<p>{scored.metrics['n_samples']} samples: {html.escape(values)} (% except MAE)</p>", legend]
     for title, picks in (("Best", best), ("Worst", worst)):
         body.append(f"<h2>{title} {len(picks)}</h2><div class='grid'>")
         for i in picks:

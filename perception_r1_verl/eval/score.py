@@ -126,7 +126,8 @@ def _score_detection(samples, answers, metrics, annotations) -> Scored:
     return Scored("detection", metrics, records, written, summary, gt, list(gt.notes))
 
 
-def _fmt(name: str, value) -> str:
+def format_value(name: str, value) -> str:
+    """A metric as shown in tables: % with one decimal, ``NOT_PERCENT`` ones as is."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -134,21 +135,22 @@ def _fmt(name: str, value) -> str:
     return str(value)
 
 
-def _metric_names(metrics: dict) -> list[str]:
+def metric_names(metrics: dict) -> list[str]:
+    """The metric keys of a metrics dict (floats, or None for a metric not computable)."""
     return [k for k, v in metrics.items() if isinstance(v, float) or (v is None and k[0].isupper())]
 
 
 def _table(rows: dict[str, dict], names: list[str], first: str) -> list[str]:
     lines = [f"| {first} | n | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for key, m in rows.items():
-        lines.append(f"| {key} | {m['n_samples']} | " + " | ".join(_fmt(n, m.get(n)) for n in names) + " |")
+        lines.append(f"| {key} | {m['n_samples']} | " + " | ".join(format_value(n, m.get(n)) for n in names) + " |")
     return lines
 
 
 def markdown(scored: Scored, title: str) -> str:
     """The metrics as markdown tables (percentages except ``NOT_PERCENT``)."""
     m = scored.metrics
-    names = _metric_names(m)
+    names = metric_names(m)
     lines = [f"# {scored.task} on {title}", "", "Values in % except MAE.", ""]
     lines += _table({"all": m}, names, "split")
     for key, label in (("by_split", "split"), ("by_language", "language")):
