@@ -158,3 +158,12 @@ def test_cli_score_writes_everything(ocr_split, tmp_path, capsys):
     assert "| all | 4 |" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["n_samples"] == 4
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_debian_wordnet_without_a_writable_cache(tmp_path, monkeypatch):
+    if not all((ocr.DEBIAN_WORDNET / name).exists() for name in ocr._DEBIAN_FILES):
+        pytest.skip("needs Debian's wordnet-base (apt-get install wordnet-base)")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # cannot hold folders, even for root
+    wordnet = ocr._debian_wordnet_reader()
+    assert "auto" in {lemma.name() for lemma in wordnet.synsets("car")[0].lemmas()}

@@ -32,6 +32,7 @@ import functools
 import os
 import re
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -155,6 +156,24 @@ def _cache_root() -> Path:
     return Path(base) / "perception_r1_verl" / "nltk_data"
 
 
+def _lay_out(root: Path) -> Path:
+    """Copy Debian's WordNet under ``root/corpora/wordnet`` with the ``lexnames`` NLTK needs."""
+    target = root / "corpora" / "wordnet"
+    if (target / "lexnames").exists():
+        return root
+    tmp = target.with_name(f"wordnet.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name in _DEBIAN_FILES:
+        shutil.copyfile(DEBIAN_WORDNET / name, tmp / name)
+    lines = (f"{i:02d}\t{name}\t0\n" for i, name in enumerate(_LEXNAMES))
+    (tmp / "lexnames").write_text("".join(lines))
+    try:
+        tmp.rename(target)
+    except OSError:  # another process laid it out first
+        shutil.rmtree(tmp)
+    return root
+
+
 def _debian_wordnet_reader():
     """An NLTK reader over Debian's WordNet 3.0, laid out once in the cache."""
     import nltk
@@ -166,19 +185,11 @@ def _debian_wordnet_reader():
         def map_wn(self, version="wordnet"):
             return None
 
-    root = _cache_root()
+    try:
+        root = _lay_out(_cache_root())
+    except OSError:  # no writable cache (read-only home): a private temporary copy
+        root = _lay_out(Path(tempfile.mkdtemp(prefix="perception_r1_verl_wordnet_")))
     target = root / "corpora" / "wordnet"
-    if not (target / "lexnames").exists():
-        tmp = target.with_name(f"wordnet.tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        for name in _DEBIAN_FILES:
-            shutil.copyfile(DEBIAN_WORDNET / name, tmp / name)
-        lines = (f"{i:02d}\t{name}\t0\n" for i, name in enumerate(_LEXNAMES))
-        (tmp / "lexnames").write_text("".join(lines))
-        if target.exists():
-            shutil.rmtree(tmp)  # another process finished first
-        else:
-            tmp.rename(target)
     if str(root) not in nltk.data.path:
         nltk.data.path.append(str(root))  # NLTK only reads corpora under its data path
     with warnings.catch_warnings():
