@@ -17,6 +17,7 @@ from perception_r1_verl.data.sample import make_sample_coco
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
+MIN_PIXELS = {"qwen2_5_vl": 3136, "qwen2_vl": 3136, "qwen3_vl": 65536}  # Qwen3-VL: its processor's minimum
 
 
 def opts(**kw) -> ConvertOptions:
@@ -51,7 +52,7 @@ def test_labelme_coco_every_family(tmp_path, family):
         assert r["extra_info"]["model_family"] == family and r["ability"] == "detection"
         content = r["prompt"][0]["content"]
         assert content.startswith("<image>Please output bbox coordinates and names of _background_, aeroplane")
-        assert r["images"][0]["min_pixels"] == 3136 and r["images"][0]["max_pixels"] == 1_000_000
+        assert r["images"][0]["min_pixels"] == MIN_PIXELS[family] and r["images"][0]["max_pixels"] == 1_000_000
 
 
 def test_voc_photo_boxes_and_present_categories(tmp_path):

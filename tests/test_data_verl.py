@@ -12,8 +12,9 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
-from qwen_fixtures import QWEN2_5_VL_PREPROCESSOR, qwen2_5_vl_processor_dir, write_qwen2_5_vl_processor  # noqa: F401 (fixture)
+from qwen_fixtures import qwen2_5_vl_processor_dir, write_qwen2_5_vl_processor  # noqa: F401 (fixture)
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco import convert_coco
@@ -69,13 +70,31 @@ def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
         assert (tmp_path / f"{name}.grid.png").stat().st_size > 1000
 
 
+QWEN3_VL_IMAGE_PROCESSOR = {  # Qwen3-VL's published image-processor settings
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen3VLProcessor",
+    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+}
+
+
 def test_qwen3_vl_patch_16(tmp_path):
-    """Qwen3-VL's patch of 16: verl resizes with factor 32, as the converter recorded."""
+    """Qwen3-VL: verl resizes with factor 32 and the processor's 65536-pixel minimum holds."""
     folder = write_qwen2_5_vl_processor(tmp_path / "qwen3ish")
-    (folder / "preprocessor_config.json").write_text(json.dumps({**QWEN2_5_VL_PREPROCESSOR, "patch_size": 16}))
-    for parquet in _all_sources(tmp_path, "qwen3_vl"):
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_IMAGE_PROCESSOR))
+    small = tmp_path / "small"
+    small.mkdir()
+    Image.new("RGB", (120, 90), "white").save(small / "a.png")  # under the minimum: enlarged
+    (small / "p.jsonl").write_text(json.dumps({"image": "a.png", "text": "blank"}) + "\n")
+    convert_page_ocr(small / "p.jsonl", None, small / "o.parquet", ConvertOptions(progress=False, model_family="qwen3_vl"))
+    for parquet in [*_all_sources(tmp_path, "qwen3_vl"), small / "o.parquet"]:
         report = inspect_parquet(parquet, folder, n_draw=0)
         assert report.ok, report.problems
+    assert pq.read_table(small / "o.parquet").to_pylist()[0]["extra_info"]["input_size"] == [320, 224]
 
 
 def test_inspection_catches_wrong_rows(tmp_path, qwen2_5_vl_processor_dir):

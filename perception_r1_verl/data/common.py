@@ -61,6 +61,9 @@ NOTES = {
     "count_without_points": "counting row with a count but no points (PixMo eval splits): count-only ground truth",
 }
 _EXAMPLES = 5
+# Qwen3-VL's processor enlarges anything under 65536 pixels (its size.shortest_edge), so an
+# image verl resized with a smaller minimum would reach the model at another size.
+QWEN3_VL_MIN_PIXELS = 65536
 IMAGE_STORES = ("original", "resized")
 _KEEP_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 
@@ -75,7 +78,7 @@ class ConvertOptions:
 
     split: str = "train"
     model_family: str = "qwen2_5_vl"
-    min_pixels: int = frames.DEFAULT_MIN_PIXELS
+    min_pixels: int | None = None  # None: the family's processor minimum (see QWEN3_VL_MIN_PIXELS)
     max_pixels: int = frames.DEFAULT_MAX_PIXELS
     think: bool = False
     limit: int | None = None
@@ -88,6 +91,8 @@ class ConvertOptions:
 
     def __post_init__(self):
         frames.check_family(self.model_family)
+        if self.min_pixels is None:
+            self.min_pixels = QWEN3_VL_MIN_PIXELS if self.model_family == "qwen3_vl" else frames.DEFAULT_MIN_PIXELS
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         if self.image_store not in IMAGE_STORES:
@@ -528,7 +533,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="stop after this many rows, drawn at random (see --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default: 0)")
     parser.add_argument("--model-family", default="qwen2_5_vl", choices=frames.MODEL_FAMILIES)
-    parser.add_argument("--min-pixels", type=int, default=frames.DEFAULT_MIN_PIXELS)
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        help=f"default {frames.DEFAULT_MIN_PIXELS}, {QWEN3_VL_MIN_PIXELS} for qwen3_vl (its processor's minimum)",
+    )
     parser.add_argument("--max-pixels", type=int, default=frames.DEFAULT_MAX_PIXELS)
     parser.add_argument("--think", action="store_true", help="ask for <think>...</think><answer>...</answer>")
     parser.add_argument("--strict", action="store_true", help="bad input is an error naming the record")

@@ -53,11 +53,14 @@ def load_processor(path: str | Path):
     from transformers import AutoProcessor
 
     try:
-        return AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path)
     except ImportError as e:
         if "orchvision" not in str(e):
             raise
-    return _image_only_processor(Path(path))
+        processor = _image_only_processor(Path(path))
+    if not hasattr(processor, "image_processor"):
+        raise ValueError(f"{path} holds no image processor (preprocessor_config.json with a processor_class)")
+    return processor
 
 
 def _image_only_processor(path: Path):
