@@ -99,3 +99,24 @@ def test_cli(tmp_path, coins):
     assert run.returncode == 0, run.stderr
     (r,) = rows(out)
     assert r["gt"]["count"] == len(points) and r["extra_info"]["think"] is True
+
+
+def test_hugging_face_layout(tmp_path, coins):
+    """PixMo-Count's parquet stores points as {"x": [...], "y": [...]}; eval rows have none."""
+    images, sha, points = coins
+    schema = pa.schema([("image_sha256", pa.string()), ("count", pa.int32()), ("label", pa.string()),
+                        ("points", pa.struct([("x", pa.list_(pa.float32())), ("y", pa.list_(pa.float32()))]))])
+    table = pa.Table.from_pylist(
+        [
+            {"image_sha256": sha, "count": len(points), "label": "coins",
+             "points": {"x": [p[0] for p in points], "y": [p[1] for p in points]}},
+            {"image_sha256": sha, "count": 5, "label": "large coins", "points": {"x": [], "y": []}},
+        ],
+        schema=schema,
+    )
+    pq.write_table(table, tmp_path / "validation.parquet")
+    s = convert_pixmo_count(tmp_path / "validation.parquet", images, tmp_path / "o.parquet", opts(model_family="qwen2_vl"))
+    assert {k: v["count"] for k, v in s["rules"].items()} == {"count_without_points": 1}
+    got = {r["extra_info"]["source_id"].split(":")[1]: r["gt"] for r in rows(tmp_path / "o.parquet")}
+    assert got["coins"]["count"] == len(points) == len(got["coins"]["points"])
+    assert got["large coins"] == {"count": 5, "points": [], "frame": [1000, 1000]}

@@ -32,11 +32,18 @@ from perception_r1_verl.prompts import prompt_text
 
 
 def _points(raw) -> list[list[float]] | None:
-    """``[{"x":..,"y":..}, ...]`` or ``[[x, y], ...]`` -> ``[[x, y], ...]``; None if malformed.
+    """``[{"x":..,"y":..}, ...]``, ``[[x, y], ...]`` or ``{"x": [..], "y": [..]}`` (how a
+    ``datasets`` Sequence of x/y is stored, as in PixMo-Count's parquet) -> ``[[x, y], ...]``;
+    None if malformed.
 
-    >>> _points([{"x": 1, "y": 2.5}, [3, 4]])
-    [[1, 2.5], [3, 4]]
+    >>> _points([{"x": 1, "y": 2.5}, [3, 4]]), _points({"x": [1, 3], "y": [2, 4]})
+    ([[1, 2.5], [3, 4]], [[1, 2], [3, 4]])
     """
+    if isinstance(raw, dict):
+        xs, ys = raw.get("x"), raw.get("y")
+        if not (isinstance(xs, list) and isinstance(ys, list) and len(xs) == len(ys)):
+            return None
+        raw = [list(p) for p in zip(xs, ys)]
     out = []
     for p in raw:
         xy = [p.get("x"), p.get("y")] if isinstance(p, dict) else p
@@ -59,7 +66,7 @@ def load_pixmo(table: Path, images: Path, stats: Stats) -> list[Job]:
     jobs, seen = [], set()
     for where, rec in read_table(table, stats):
         label, count, raw_points = rec.get("label"), rec.get("count"), rec.get("points")
-        points = _points(raw_points) if isinstance(raw_points, list) else None
+        points = _points(raw_points) if isinstance(raw_points, list | dict) else None
         image = pick(rec, "image", "image_path", "file_name")
         sha = rec.get("image_sha256")
         if not isinstance(image, str) and isinstance(sha, str):
@@ -82,6 +89,8 @@ def load_pixmo(table: Path, images: Path, stats: Stats) -> list[Job]:
         if is_duplicate(source_id, seen, stats, where):
             continue
         seen.add(source_id)
+        if points == [] and count:  # eval splits: a count, no points
+            points = None
         if points is not None and count is not None and count != len(points):
             stats.hit("count_mismatch", f"{where}: count {count}, {len(points)} points")
         jobs.append(Job(source_id, images / image, f"{where} ({image})", (label.strip(), count, points)))
