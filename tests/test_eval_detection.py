@@ -16,16 +16,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from eval_fixtures import LABELME, LABELME_MISSING
 
 from perception_r1_verl.eval.dataset import read_split
 from perception_r1_verl.eval.score import score
 from perception_r1_verl.parsing import render_answer
 
-LABELME = Path("/usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_coco/annotations.json")
-pytestmark = pytest.mark.skipif(
-    not LABELME.exists(),
-    reason="Debian package labelme-examples is not installed (apt-get install -y labelme-examples); CI installs it",
-)
+pytestmark = pytest.mark.skipif(not LABELME.exists(), reason=LABELME_MISSING)
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])

@@ -15,7 +15,7 @@ from io import BytesIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from eval_fixtures import make_split, png
+from eval_fixtures import LABELME, LABELME_MISSING, make_split, png
 from PIL import Image
 from qwen_fixtures import write_qwen2_5_vl_processor
 
@@ -175,3 +175,25 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_model, tmp_path, monkeypatch)
     assert request["prompt"].endswith("Output the bounding box of the dog in the image.<|im_end|>\n<|im_start|>assistant\n")
     assert [im.size for im in request["multi_modal_data"]["image"]] == [(112, 112)]
     assert [r["response"] for r in read_jsonl(out)] == ["[1, 2, 3, 4]"] * 3
+
+
+def test_generate_then_score_end_to_end_on_real_photos(tiny_model, tmp_path):
+    """data_prep's COCO converter -> generate -> score, on labelme-examples' three photos."""
+    import contextlib
+    import io
+
+    if not LABELME.exists():
+        pytest.skip(LABELME_MISSING)
+    from perception_r1_verl.data.coco import convert_coco
+    from perception_r1_verl.data.common import ConvertOptions
+
+    data, responses, out = tmp_path / "val.parquet", tmp_path / "r.jsonl", tmp_path / "eval"
+    with contextlib.redirect_stderr(io.StringIO()):
+        convert_coco(LABELME, None, data, ConvertOptions(split="val"), keep_empty=True)
+    assert cli.main(["generate", "--model", str(tiny_model), "--data", str(data), "--out", str(responses),
+                     "--backend", "transformers", "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    assert cli.main(["score", "--data", str(data), "--responses", str(responses), "--out", str(out),
+                     "--annotations", str(LABELME), "--top-k", "3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 3 and metrics["n_missing"] == 0  # noise answers: images kept, no boxes
+    assert (out / "report.html").read_text().count("data:image/jpeg;base64,") == 6
