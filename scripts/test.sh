@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 # Real third-party data the tests read; without it those tests skip and say why.
-TEST_DEBS=(labelme-examples librust-tesseract-sys-dev)
+TEST_DEBS=(labelme-examples librust-tesseract-sys-dev wordnet-base)
 if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null && ! dpkg -s "${TEST_DEBS[@]}" >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${TEST_DEBS[@]}" >/dev/null
 fi
