@@ -477,14 +477,19 @@ def _box_tokens(box) -> str:
 
 
 def reference_answer(ground_truth: dict, extra_info: dict) -> str:
-    """The completion a perfect policy would write for a row, in the row's answer format.
+    r"""The completion a perfect policy would write for a row, in the row's answer format.
 
     Qwen2-VL answers boxes with its box tokens, the other families with JSON; counting
-    lists one small box per ground-truth point (its centre is the point).
+    lists one small box per ground-truth point (its centre is the point), or ``count``
+    boxes along the diagonal when the row has no points (PixMo's eval splits), or ``[]``.
 
     >>> reference_answer({"bbox_2d": [1, 2, 30, 40], "frame": [1000, 1000]},
     ...                  {"task": "grounding", "model_family": "qwen2_vl"})
     '<|box_start|>(1,2),(30,40)<|box_end|>'
+    >>> reference_answer({"count": 1, "points": [], "frame": [100, 100]}, {"task": "counting"})
+    '```json\n[{"bbox_2d": [48.0, 48.0, 52.0, 52.0]}]\n```'
+    >>> reference_answer({"count": 0, "points": [], "frame": [100, 100]}, {"task": "counting"})
+    '[]'
     >>> reference_answer({"text": "Hello"}, {"task": "ocr", "think": True})
     '<think>Reading the page.</think><answer>Hello</answer>'
     """
@@ -499,8 +504,12 @@ def reference_answer(ground_truth: dict, extra_info: dict) -> str:
             boxes = [ground_truth["bbox_2d"]]
         else:  # counting: a box of half-size 2 centred on every point, clipped to the frame
             w, h = ground_truth["frame"]
-            boxes = [[max(x - 2, 0), max(y - 2, 0), min(x + 2, w), min(y + 2, h)] for x, y in ground_truth["points"]]
-        if family == "qwen2_vl":
+            n = ground_truth["count"]
+            points = ground_truth["points"] or [[w * (i + 1) / (n + 1), h * (i + 1) / (n + 1)] for i in range(n)]
+            boxes = [[max(x - 2, 0), max(y - 2, 0), min(x + 2, w), min(y + 2, h)] for x, y in points]
+        if not boxes:
+            answer = "[]"
+        elif family == "qwen2_vl":
             answer = "".join(_box_tokens(b) for b in boxes)
         else:
             answer = "```json\n" + json.dumps([{"bbox_2d": b} for b in boxes]) + "\n```"

@@ -13,26 +13,30 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
 
 log() { printf '[%s] %s\n' "$TASK" "$*" >&2; }
 
-# True when "$1" imports verl, this package and, on a CUDA machine, vLLM.
-python_ready() {
-  local python="$1" modules="verl, perception_r1_verl"
-  pr1_has_cuda && modules="$modules, vllm"
-  command -v "$python" >/dev/null 2>&1 && "$python" -c "import $modules" >/dev/null 2>&1
-}
+# True when interpreter "$1" exists and imports the modules "$2" (comma-separated).
+imports() { command -v "$1" >/dev/null 2>&1 && "$1" -c "import $2" >/dev/null 2>&1; }
 
-# The interpreter to run: $PYTHON or python3 when they already have verl (used as is), else
-# the project venv, created and installed on first use.
+# What training needs beside this package: verl, and vLLM on a CUDA machine.
+engine_modules() { if pr1_has_cuda; then echo "verl, vllm"; else echo "verl"; fi; }
+
+# The interpreter to run: $PYTHON or python3 when they already have verl (and vLLM), used as
+# they are (this package is added to them if missing); else the project venv, created and
+# installed on first use.
 find_python() {
-  local candidate
+  local candidate engine
+  engine="$(engine_modules)"
   for candidate in "${PYTHON:-}" python3 "$PR1_VENV/bin/python"; do
-    if [[ -n "$candidate" ]] && python_ready "$candidate"; then
-      command -v "$candidate"
-      return
+    [[ -n "$candidate" ]] && imports "$candidate" "$engine" || continue
+    if ! imports "$candidate" perception_r1_verl; then
+      log "adding this package to $(command -v "$candidate")'s environment (its $engine stay)"
+      "$candidate" -m pip install -q -e "$PR1_ROOT" >&2
     fi
+    command -v "$candidate"
+    return
   done
-  log "verl is not importable here: setting up $PR1_VENV"
+  log "no Python here imports $engine: setting up $PR1_VENV"
   pr1_venv >&2
-  python_ready "$PR1_VENV/bin/python" || { log "$PR1_VENV still lacks verl or this package"; exit 1; }
+  imports "$PR1_VENV/bin/python" "$engine, perception_r1_verl" || { log "$PR1_VENV still lacks $engine or this package"; exit 1; }
   printf '%s\n' "$PR1_VENV/bin/python"
 }
 

@@ -176,6 +176,31 @@ def test_an_environment_with_verl_is_used_as_is():
     assert "setting up" not in out.stderr
 
 
+def _script(path: Path, body: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_without_verl_the_project_venv_is_set_up_and_used(tmp_path):
+    """No interpreter imports verl: ``pr1_venv`` (scripts/env.sh) runs, then its python is used."""
+    (tmp_path / "bin").mkdir()
+    _script(tmp_path / "bin" / "python3", "exit 1")  # a python3 without verl
+    # Stand-in for pr1_venv's installs: the venv's python runs this test's interpreter (it has verl).
+    stub = _script(tmp_path / "stub_python", f'exec {sys.executable} "$@"')
+    script = (
+        "TASK=coco_det; source recipes/common.sh; "
+        'pr1_venv() { echo "pr1_venv ran" >&2; mkdir -p "$PR1_VENV/bin"; cp "$STUB" "$PR1_VENV/bin/python"; }; '
+        "find_python"
+    )
+    venv = tmp_path / "venv"
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PR1_VENV": str(venv), "STUB": str(stub), "HOME": str(tmp_path)}
+    out = subprocess.run(["bash", "-c", script], cwd=recipe.REPO_ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(venv / "bin" / "python")
+    assert "no Python here imports verl: setting up" in out.stderr and "pr1_venv ran" in out.stderr
+
+
 # ---------------------------------------------------------------- the CPU path end to end
 
 
