@@ -154,7 +154,7 @@ def test_limit_seed_and_workers(tmp_path):
     b = convert_coco(s.annotations, s.images, tmp_path / "b.parquet", opts(limit=5, seed=1, workers=2))
     c = convert_coco(s.annotations, s.images, tmp_path / "c.parquet", opts(limit=5, seed=2))
     ids = [[r["extra_info"]["source_id"] for r in rows(tmp_path / f"{x}.parquet")] for x in "abc"]
-    assert a["rows"] == b["rows"] == 5 and ids[0] == ids[1] and ids[0] != ids[2]
+    assert a["rows"] == b["rows"] == c["rows"] == 5 and ids[0] == ids[1] and ids[0] != ids[2]
     assert [r["images"] for r in rows(tmp_path / "a.parquet")] == [r["images"] for r in rows(tmp_path / "b.parquet")]
     assert [r["extra_info"]["index"] for r in rows(tmp_path / "a.parquet")] == list(range(5))
 
