@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perception_r1_verl import frames
-from perception_r1_verl.trainer import TRAINER_MODE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_MODULE = "verl.trainer.main_ppo"
@@ -69,7 +68,7 @@ TASKS = {
 
 # The detection curriculum (``CURRICULUM=1``): rows sorted easy to hard by number of objects,
 # with more rollouts for the harder stages. The paper gives the idea, not the numbers; these
-# stages are ours: <=3 objects (the easiest third of COCO images), 4-10, >10.
+# stages are ours: <=3 objects, 4-10, >10.
 CURRICULUM_MAX_OBJECTS = (3, 10)
 CURRICULUM_ROLLOUT_N = (8, 12, 16)
 
@@ -242,11 +241,11 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         # logs every reward component in reward_extra_info.
         "reward.reward_manager.source=register",
         "reward.reward_manager.name=perception",
-        # verl 0.9.1 logs the reward components only at validation; this subclass of its sync
-        # trainer also logs reward/<component>/* every step. verl looks trainers up in its
-        # registry inside the Ray task runner, so every Ray process imports the module that
-        # registers it, through verl's own VERL_USE_EXTERNAL_MODULES.
-        f"trainer.v1.trainer_mode={TRAINER_MODE}",
+        # verl 0.9.1 logs the reward components only at validation. perception_r1_verl.trainer
+        # replaces verl's sync trainer with a subclass that also logs reward/<component>/*
+        # every step; verl looks trainers up inside its Ray task runner, so every Ray process
+        # imports that module, through verl's own VERL_USE_EXTERNAL_MODULES.
+        "trainer.v1.trainer_mode=sync",
         "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=perception_r1_verl.trainer",
         "trainer.total_epochs=1",
         f"trainer.n_gpus_per_node={settings.n_gpus_per_node}",
@@ -282,8 +281,8 @@ def curriculum_overrides(seed: int) -> list[str]:
     ]
 
 
-def launch_command(overrides: list[str], python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", LAUNCH_MODULE, *overrides]
+def launch_command(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", LAUNCH_MODULE, *overrides]
 
 
 # ---------------------------------------------------------------- config checks

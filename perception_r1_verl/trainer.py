@@ -1,4 +1,4 @@
-"""verl trainer ``perception_sync``: verl 0.9.1's sync trainer that also logs reward components.
+"""verl 0.9.1's sync trainer, also logging the reward components at every step.
 
 verl 0.9.1's training steps log only the total reward (``critic/score/*``); the
 components that the ``perception`` manager returns in ``reward_extra_info`` reach only the
@@ -6,18 +6,21 @@ validation metrics. This trainer adds, at every step, ``reward/<component>/{mean
 over the step's responses (components that are ``None``, i.e. of another task, are left
 out). Everything else is ``PPOTrainerSync``.
 
-The recipes select it with ``trainer.v1.trainer_mode=perception_sync`` and make the Ray
-processes import this module through verl's own ``VERL_USE_EXTERNAL_MODULES`` (set in the
-job's Ray runtime environment), because verl looks the trainer up in its registry inside
-the task-runner actor. The v1 trainer needs ``transfer_queue`` (installed with
-``verl[vllm]``); without it this module defines only :func:`reward_component_metrics`.
+Importing this module registers the class as verl's ``sync`` trainer (the default
+``trainer.v1.trainer_mode``) in place of ``PPOTrainerSync``. It cannot take a name of its
+own: verl keys its sync-only behaviour (replay buffer, prompt refill, checkpointed
+prompts) on the mode's *name*, so any other name would run the asynchronous variants.
+verl looks the trainer up inside its Ray task-runner actor, so the recipes make every Ray
+process import this module through verl's own ``VERL_USE_EXTERNAL_MODULES``, set in the
+job's Ray runtime environment. The v1 trainer needs ``transfer_queue`` (installed with
+``verl[vllm]``); without it this module only defines :func:`reward_component_metrics`.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-TRAINER_MODE = "perception_sync"
+TRAINER_MODE = "sync"
 
 
 def reward_component_metrics(extra_fields: list) -> dict[str, float]:
@@ -43,13 +46,12 @@ def reward_component_metrics(extra_fields: list) -> dict[str, float]:
 
 try:
     import transfer_queue as tq
-    from verl.trainer.ppo.v1.trainer_base import register_trainer
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
     from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 except ImportError:  # a CPU install without verl[vllm]: nothing to train with anyway
     pass
 else:
 
-    @register_trainer(TRAINER_MODE)
     class PerceptionTrainerSync(PPOTrainerSync):
         """``PPOTrainerSync`` plus the per-step reward components."""
 
@@ -60,3 +62,6 @@ else:
             if keys:
                 data = tq.kv_batch_get(keys=keys, partition_id=batch.partition_id, select_fields=["extra_fields"])
                 metrics.update(reward_component_metrics(data["extra_fields"].tolist()))
+
+    # Not register_trainer(): it refuses to replace a name that is taken.
+    TRAINER_REGISTRY[TRAINER_MODE] = PerceptionTrainerSync

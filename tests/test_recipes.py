@@ -96,6 +96,10 @@ def test_extra_arguments_reach_hydra_after_the_recipe_and_win(tmp_path):
     validate(config)
     assert config.trainer.total_epochs == 2
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 64  # follows the batch
+    plain = compose(
+        build_overrides(TASKS["coco_det"], settings) + ["~ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES"]
+    )
+    assert "VERL_USE_EXTERNAL_MODULES" not in plain.ray_kwargs.ray_init.runtime_env.env_vars  # verl's own trainer
 
 
 def test_a_misspelt_key_is_caught(tmp_path):
@@ -347,7 +351,7 @@ def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor,
 
 
 def test_the_recipe_trainer_is_registered_in_every_ray_process(tmp_path):
-    """The recipe's runtime env makes ``import verl`` register ``perception_sync``."""
+    """The recipe's runtime env makes ``import verl`` put our trainer under ``sync``."""
     pytest.importorskip("transfer_queue", reason="verl's v1 trainer needs TransferQueue (verl[vllm] installs it)")
     from omegaconf import OmegaConf
     from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
