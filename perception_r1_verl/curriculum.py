@@ -10,7 +10,9 @@ more rollouts for the hard ones. verl 0.9.1's extension points for that:
   sequential sampler's position is part of verl's dataloader checkpoint);
 - ``__rollout_n__``: a per-row field that verl's agent loop takes as the number of
   rollouts for that prompt instead of ``actor_rollout_ref.rollout.n``. GRPO groups by
-  prompt, so groups of different sizes are fine; verl pads the step's batch to its GPUs.
+  prompt, so groups of different sizes are fine. verl pads the step's batch with no-op
+  samples to whole mini-batches of ``ppo_mini_batch_size x rollout.n`` responses, so a
+  step with more rollouts makes more than one policy update.
 
 Settings (``+data.curriculum.*``, set by ``CURRICULUM=1 bash recipes/coco_det.sh``):
 ``max_objects`` (ascending upper bounds of every stage but the last), ``rollout_n`` (one
