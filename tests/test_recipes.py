@@ -394,3 +394,13 @@ def test_the_recipe_trainer_adds_the_components_of_real_responses_only(monkeypat
     trainer.PerceptionTrainerSync._compute_metrics(object.__new__(trainer.PerceptionTrainerSync), batch, metrics, {}, 3, 0)
     assert asked == {"keys": ["a", "b"], "partition_id": "train", "fields": ["extra_fields"]}
     assert metrics == {"base": 1.0, "reward/iou/mean": 0.5, "reward/iou/max": 0.75, "reward/iou/min": 0.25}
+
+
+def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
+    settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
+    command = recipe.prep_command(TASKS["coco_det"], settings, "val")
+    flags = dict(zip(command[2::2], command[3::2], strict=False))
+    assert flags["--annotations"] == str(tmp_path / "coco" / "annotations" / "instances_val2017.json")
+    assert flags["--images"] == str(tmp_path / "coco" / "val2017")
+    assert flags["--out"] == str(tmp_path / "data" / "coco_det" / "val.parquet")
+    assert (flags["--split"], flags["--limit"], flags["--model-family"]) == ("val", "4", "qwen2_5_vl")
