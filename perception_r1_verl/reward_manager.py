@@ -29,20 +29,13 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.utils.reward_score import default_compute_score
 
 from perception_r1_verl import rewards
+from perception_r1_verl.step_metrics import COUNTERS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
 # Tokens that end or pad a response; everything else, special or not, reaches the reward.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-COUNTERS = ("reward_timeout", "reward_error")
-# The smallest ground truth of each task in the reward contract (README).
-PROBE_TRUTHS = {
-    "grounding": '{"bbox_2d": [0, 0, 1, 1]}',
-    "counting": '{"count": 0, "points": []}',
-    "ocr": '{"text": ""}',
-    "detection": '{"objects": []}',
-}
 WARN_INTERVAL_S = 60.0
 
 
@@ -56,30 +49,6 @@ def end_token_ids(tokenizer) -> frozenset[int]:
 def decode_response(tokenizer, ids, end_ids: frozenset[int]) -> str:
     """Decode ``ids`` keeping special tokens, dropping only the ``end_ids``."""
     return tokenizer.decode([i for i in ids if i not in end_ids], skip_special_tokens=False)
-
-
-def component_keys(compute_score) -> tuple[str, ...]:
-    """``score`` and every component ``compute_score`` returns for any task.
-
-    Found by scoring an empty completion against each task's smallest ground truth, so
-    the keys follow the reward settings and any custom function with the same contract;
-    a task the function cannot score is left out.
-
-    >>> from perception_r1_verl.rewards import compute_score
-    >>> keys = component_keys(compute_score)
-    >>> keys[0], "iou" in keys, "edit_similarity" in keys, "f1" in keys
-    ('score', True, True, True)
-    """
-    keys = {"score": None}
-    for task, truth in PROBE_TRUTHS.items():
-        try:
-            result = compute_score(data_source=task, solution_str="", ground_truth=truth, extra_info={"task": task})
-        except Exception as exc:
-            logger.warning("perception reward: compute_score cannot score %r (%r); its keys are not logged", task, exc)
-            continue
-        if isinstance(result, dict):
-            keys.update(dict.fromkeys(result))
-    return tuple(keys)
 
 
 _last_warning: dict[str, float] = {}
@@ -124,7 +93,7 @@ class PerceptionRewardManager(RewardManagerBase):
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
         if not self.timeout_s > 0:
             raise ValueError(f"reward.reward_kwargs.timeout_s must be > 0, got {self.timeout_s}")
-        self.extra_keys = (*component_keys(compute_score), *COUNTERS)
+        self.extra_keys = (*rewards.component_keys(), *COUNTERS)
         self.end_ids = end_token_ids(tokenizer)
 
     async def _call_timed(self, fn):

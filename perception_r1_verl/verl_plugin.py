@@ -1,4 +1,5 @@
-"""``verl.plugins`` entry point: ``import verl`` imports this and registers ``perception``.
+"""``verl.plugins`` entry point: ``import verl`` imports this, registers ``perception`` and
+installs the training-step reward metrics (``perception_r1_verl.step_metrics``).
 
 verl swallows a plugin's import error (logged at DEBUG) and only fails later with
 "Reward manager is not registered" or "Unknown reward manager"; so the import failure is
@@ -21,6 +22,14 @@ try:
     import perception_r1_verl.reward_manager  # noqa: F401
 except Exception:
     logger.error("perception-r1-verl: the verl reward manager 'perception' failed to load", exc_info=True)
+
+try:
+    # Reward components in the training-step metrics (opt out: PERCEPTION_STEP_METRICS=0).
+    from perception_r1_verl import step_metrics
+
+    step_metrics.install()
+except Exception:
+    logger.warning("perception-r1-verl: per-step reward metrics are not installed", exc_info=True)
 
 
 def check_registered() -> None:

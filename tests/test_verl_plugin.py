@@ -310,16 +310,22 @@ def ray_cpu():
     ray.shutdown()
 
 
-def test_reward_loop_manager_scores_a_mixed_batch_under_ray(tokenizer, ray_cpu):
+@pytest.fixture(scope="module")
+def reward_loop_output(tokenizer, ray_cpu):
+    """verl's RewardLoopManager output for ``mixed_task_rows()``: rm_scores and extra-info columns."""
     from verl.experimental.reward_loop import RewardLoopManager
-    from verl.trainer.ppo.metric_utils import process_validation_metrics
-    from verl.trainer.ppo.reward import extract_reward
 
     config = verl_config()
     assert config.reward.reward_kwargs.timeout_s == 10
+    return RewardLoopManager(config).compute_rm_score(make_batch(tokenizer, mixed_task_rows()))
+
+
+def test_reward_loop_manager_scores_a_mixed_batch_under_ray(reward_loop_output):
+    from verl.trainer.ppo.metric_utils import process_validation_metrics
+    from verl.trainer.ppo.reward import extract_reward
+
     rows = mixed_task_rows()
-    output = RewardLoopManager(config).compute_rm_score(make_batch(tokenizer, rows))
-    rewards, extra = extract_reward(output)
+    rewards, extra = extract_reward(reward_loop_output)
     scores = rewards.sum(-1).tolist()
 
     for i in range(0, 8, 2):
@@ -340,3 +346,137 @@ def test_reward_loop_manager_scores_a_mixed_batch_under_ray(tokenizer, ray_cpu):
     sources, uids = [row["data_source"] for row in rows], [str(i) for i in range(len(rows))]
     metrics = process_validation_metrics(sources, uids, columns)
     assert "iou" in metrics["grounding"] and "iou" not in metrics["ocr"] and "f1" in metrics["detection"]
+
+
+# --- reward components in the training-step metrics ----------------------------------------
+
+
+def expected_means(rows: list[dict], infos: list[dict], key: str, source: str | None = None) -> float:
+    values = [i[key] for r, i in zip(rows, infos) if i[key] is not None and source in (None, r["data_source"])]
+    return sum(values) / len(values)
+
+
+def test_the_legacy_trainer_step_metrics_get_every_component(tokenizer, reward_loop_output):
+    # What RayPPOTrainer.fit does with the reward loop's output before compute_data_metrics.
+    from verl.trainer.ppo import metric_utils
+    from verl.trainer.ppo.reward import extract_reward
+
+    rows = mixed_task_rows()
+    batch = make_batch(tokenizer, rows)
+    batch.batch["rm_scores"] = reward_loop_output.batch["rm_scores"]
+    reward_tensor, reward_extra_infos_dict = extract_reward(reward_loop_output)
+    batch.batch["token_level_scores"] = batch.batch["token_level_rewards"] = reward_tensor
+    batch.batch["advantages"] = batch.batch["returns"] = torch.zeros_like(reward_tensor)
+    batch.batch["response_mask"] = batch.batch["attention_mask"][:, -reward_tensor.shape[-1] :]
+    batch.non_tensor_batch.update({k: np.array(v) for k, v in reward_extra_infos_dict.items()})
+
+    metrics = metric_utils.compute_data_metrics(batch=batch, use_critic=False)
+    infos = [{k: v[i] for k, v in reward_extra_infos_dict.items()} for i in range(len(rows))]
+    assert "critic/score/mean" in metrics  # verl's own metrics are kept
+    for key in ("score", "iou", "acc@0.5", "f1", "edit_similarity", "count", "format", "reward_error"):
+        assert metrics[f"perception/{key}/mean"] == pytest.approx(expected_means(rows, infos, key)), key
+    assert metrics["perception/reward_error/mean"] == pytest.approx(1 / 9)
+    assert metrics["perception/grounding/iou/mean"] == pytest.approx(expected_means(rows, infos, "iou", "grounding"))
+    assert "perception/ocr/iou/mean" not in metrics  # None cells are skipped, not counted as 0
+
+
+class FakeTransferQueue:
+    """``kv_batch_get`` over a TensorDict built as verl's v1 agent loop puts samples."""
+
+    def __init__(self, samples, keys):
+        from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
+        self.data, self.keys = list_of_dict_to_tensordict(samples), keys
+
+    def kv_batch_get(self, keys, partition_id, select_fields):
+        assert partition_id == "train"
+        return self.data.select(*select_fields)[[self.keys.index(key) for key in keys]]
+
+
+def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokenizer):
+    from transfer_queue import KVBatchMeta
+
+    from perception_r1_verl import step_metrics
+
+    rows = [*mixed_task_rows(), grounding_row(BOX_ANSWER, index=9)]
+    infos = [result["reward_extra_info"] for result in score_rows(make_manager(tokenizer), tokenizer, rows)]
+    # AgentLoopWorkerTQ._agent_loop_postprocess: one field dict per sample, reward info in extra_fields.
+    samples = [
+        {
+            "data_source": row["data_source"],
+            "extra_fields": {"reward_extra_info": info, "min_global_steps": 1, "max_global_steps": 1},
+            "responses": torch.tensor(tokenizer.encode(row["response"])),
+        }
+        for row, info in zip(rows, infos)
+    ]
+    keys = [f"uid{i}_0_0" for i in range(len(rows))]
+    # The last sample is the padding copy upsample_batch_to_divisible_size adds: left out.
+    batch = KVBatchMeta(keys=keys, tags=[{}] * (len(rows) - 1) + [{"is_padding": True}], partition_id="train")
+
+    def verl_compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
+        metrics["critic/score/mean"] = 0.0
+
+    compute_metrics = step_metrics.wrap_v1_compute_metrics(verl_compute_metrics, FakeTransferQueue(samples, keys))
+    metrics = {}
+    compute_metrics(None, batch, metrics, {}, global_steps=1, epoch=0)
+    rows, infos = rows[:-1], infos[:-1]
+    assert metrics["critic/score/mean"] == 0.0
+    for key in ("score", "iou", "f1", "precision", "recall", "edit_similarity", "exact", "format"):
+        assert metrics[f"perception/{key}/mean"] == pytest.approx(expected_means(rows, infos, key)), key
+    assert metrics["perception/grounding/iou/mean"] == 0.5 * (1.0 + 0.5)  # the padding copy's IoU 1 is left out
+    assert metrics["perception/detection/reward_error/mean"] == pytest.approx(1 / 3)
+
+
+def test_a_failing_step_metric_warns_and_keeps_verls_metrics(caplog):
+    from perception_r1_verl import step_metrics
+
+    class BrokenQueue:
+        def kv_batch_get(self, **kwargs):
+            raise RuntimeError("TransferQueue API changed")
+
+    compute_metrics = step_metrics.wrap_v1_compute_metrics(lambda self, batch, metrics: metrics.update(a=1), BrokenQueue())
+    metrics = {}
+    with caplog.at_level(logging.WARNING):
+        compute_metrics(None, None, metrics)
+    assert metrics == {"a": 1} and "perception step metrics" in caplog.text
+
+
+def test_an_unexpected_verl_module_is_not_patched_and_warns(caplog):
+    from types import SimpleNamespace
+
+    from perception_r1_verl import step_metrics
+
+    with caplog.at_level(logging.WARNING):
+        step_metrics._apply("verl.trainer.ppo.v1.trainer_base", SimpleNamespace())
+    assert "cannot patch verl.trainer.ppo.v1.trainer_base" in caplog.text
+
+
+PATCHED = (
+    "import verl\n"
+    "from verl.trainer.ppo import metric_utils, ray_trainer\n"
+    "from verl.trainer.ppo.v1 import trainer_base\n"
+    "import transfer_queue\n"
+    "patched = [getattr(f, '_perception_step_metrics', False) for f in (\n"
+    "    trainer_base.PPOTrainer._compute_metrics, ray_trainer.compute_data_metrics, trainer_base.compute_data_metrics)]\n"
+    "print(patched)\n"
+)
+
+
+def test_a_fresh_import_verl_patches_the_functions_the_trainers_call():
+    import inspect
+
+    from verl.trainer.ppo.v1 import trainer_base
+
+    # fit() calls self._compute_metrics; both trainers call compute_data_metrics by its module name.
+    assert "self._compute_metrics(batch, metrics" in inspect.getsource(trainer_base.PPOTrainer.fit)
+    result = run_python(PATCHED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[True, True, True]", result.stderr
+    assert "perception step metrics" not in result.stderr, result.stderr
+
+
+def test_perception_step_metrics_0_opts_out():
+    env = {**os.environ, "PERCEPTION_STEP_METRICS": "0"}
+    result = subprocess.run([sys.executable, "-c", PATCHED], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[False, False, False]"
