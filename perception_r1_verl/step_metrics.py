@@ -89,6 +89,9 @@ def rows_to_columns(extra_fields: Sequence) -> dict[str, list]:
     return {key: [info.get(key) for info in infos] for key in keys}
 
 
+_failed: set[str] = set()
+
+
 def _adding_metrics(original: Callable, add: Callable) -> Callable:
     """``original``, then ``add(result, *args, **kwargs)``; a failing ``add`` only warns."""
 
@@ -98,10 +101,14 @@ def _adding_metrics(original: Callable, add: Callable) -> Callable:
         try:
             add(result, *args, **kwargs)
         except Exception:
-            logger.warning(
+            # The cause repeats every step: the traceback once, then a DEBUG line.
+            first = original.__qualname__ not in _failed
+            _failed.add(original.__qualname__)
+            logger.log(
+                logging.WARNING if first else logging.DEBUG,
                 "perception step metrics: %s failed; this step logs no perception/* metrics",
                 original.__qualname__,
-                exc_info=True,
+                exc_info=first,
             )
         return result
 
@@ -131,7 +138,7 @@ def v1_batch_metrics(tq, batch) -> dict[str, float]:
     Padding rows (tag ``is_padding``) are left out, as in verl's own step metrics.
     """
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["data_source", "extra_fields"])
-    keep = [not (tag or {}).get("is_padding", False) for tag in batch.tags]
+    keep = [not (tag or {}).get("is_padding", False) for tag in batch.tags or [{}] * len(batch.keys)]
     sources = [s for s, k in zip(_as_list(data["data_source"]), keep, strict=True) if k]
     rows = [r for r, k in zip(_as_list(data["extra_fields"]), keep, strict=True) if k]
     return reward_metrics(rows_to_columns(rows), sources)
