@@ -475,8 +475,10 @@ def test_a_fresh_import_verl_patches_the_functions_the_trainers_call():
     assert "perception step metrics" not in result.stderr, result.stderr
 
 
-def test_perception_step_metrics_0_opts_out():
+def test_perception_step_metrics_0_opts_out_and_a_late_install_patches_loaded_trainers():
     env = {**os.environ, "PERCEPTION_STEP_METRICS": "0"}
-    result = subprocess.run([sys.executable, "-c", PATCHED], capture_output=True, text=True, timeout=300, env=env)
+    late = "import os\nfrom perception_r1_verl import step_metrics\nos.environ.pop('PERCEPTION_STEP_METRICS')\n"
+    late += "step_metrics.install()\n" + PATCHED.split("\n", 4)[-1]  # re-check after installing
+    result = subprocess.run([sys.executable, "-c", PATCHED + late], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[False, False, False]"
+    assert result.stdout.strip().splitlines()[-2:] == ["[False, False, False]", "[True, True, True]"]
