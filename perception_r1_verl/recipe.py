@@ -241,12 +241,9 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         # logs every reward component in reward_extra_info.
         "reward.reward_manager.source=register",
         "reward.reward_manager.name=perception",
-        # verl 0.9.1 logs the reward components only at validation. perception_r1_verl.trainer
-        # replaces verl's sync trainer with a subclass that also logs reward/<component>/*
-        # every step; verl looks trainers up inside its Ray task runner, so every Ray process
-        # imports that module, through verl's own VERL_USE_EXTERNAL_MODULES.
+        # Per-step reward components (perception/<key>/mean) come from the plugin itself
+        # (perception_r1_verl.step_metrics), whichever trainer verl runs.
         "trainer.v1.trainer_mode=sync",
-        "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=perception_r1_verl.trainer",
         "trainer.total_epochs=1",
         f"trainer.n_gpus_per_node={settings.n_gpus_per_node}",
         f"trainer.nnodes={settings.nnodes}",

@@ -96,10 +96,6 @@ def test_extra_arguments_reach_hydra_after_the_recipe_and_win(tmp_path):
     validate(config)
     assert config.trainer.total_epochs == 2
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 64  # follows the batch
-    plain = compose(
-        build_overrides(TASKS["coco_det"], settings) + ["~ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES"]
-    )
-    assert "VERL_USE_EXTERNAL_MODULES" not in plain.ray_kwargs.ray_init.runtime_env.env_vars  # verl's own trainer
 
 
 def test_a_misspelt_key_is_caught(tmp_path):
@@ -345,55 +341,6 @@ def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor,
     config = curriculum_config(replace(settings, curriculum=True), *extra)
     with pytest.raises(ValueError, match=message):
         CurriculumDataset(config.data.train_files, qwen2_5_vl_processor.tokenizer, config.data, qwen2_5_vl_processor)
-
-
-# ---------------------------------------------------------------- per-step reward components
-
-
-def test_the_recipe_trainer_is_registered_in_every_ray_process(tmp_path):
-    """The recipe's runtime env makes ``import verl`` put our trainer under ``sync``."""
-    pytest.importorskip("transfer_queue", reason="verl's v1 trainer needs TransferQueue (verl[vllm] installs it)")
-    from omegaconf import OmegaConf
-    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
-
-    config = compose(build_overrides(TASKS["refcoco"], settings_for("refcoco", tmp_path, tmp_path / "model")))
-    # What run_ppo hands to ray.init(runtime_env=...).
-    runtime_env = OmegaConf.merge(get_ppo_ray_runtime_env(config), config.ray_kwargs.ray_init.runtime_env)
-    env = {**os.environ, **{k: str(v) for k, v in runtime_env.env_vars.items()}}
-    code = (
-        "import verl\nfrom verl.trainer.ppo.v1 import get_trainer_cls\n"
-        f"print(get_trainer_cls({config.trainer.v1.trainer_mode!r}).__name__)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["PerceptionTrainerSync"]
-
-
-def test_the_recipe_trainer_adds_the_components_of_real_responses_only(monkeypatch):
-    pytest.importorskip("transfer_queue", reason="verl's v1 trainer needs TransferQueue (verl[vllm] installs it)")
-    from types import SimpleNamespace
-
-    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
-
-    from perception_r1_verl import trainer
-
-    monkeypatch.setattr(PPOTrainerSync, "_compute_metrics", lambda self, batch, metrics, *a: metrics.update(base=1.0))
-    stored = {
-        "a": {"reward_extra_info": {"iou": 0.25, "f1": None}},
-        "b": {"reward_extra_info": {"iou": 0.75, "f1": None}},
-    }
-    asked = {}
-
-    def kv_batch_get(keys, partition_id, select_fields):
-        asked.update(keys=keys, partition_id=partition_id, fields=select_fields)
-        return {"extra_fields": np.array([stored[k] for k in keys], dtype=object)}
-
-    monkeypatch.setattr(trainer.tq, "kv_batch_get", kv_batch_get)
-    batch = SimpleNamespace(keys=["a", "b", "pad"], tags=[{}, {}, {"is_padding": True}], partition_id="train")
-    metrics: dict = {}
-    trainer.PerceptionTrainerSync._compute_metrics(object.__new__(trainer.PerceptionTrainerSync), batch, metrics, {}, 3, 0)
-    assert asked == {"keys": ["a", "b"], "partition_id": "train", "fields": ["extra_fields"]}
-    assert metrics == {"base": 1.0, "reward/iou/mean": 0.5, "reward/iou/max": 0.75, "reward/iou/min": 0.25}
 
 
 def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
