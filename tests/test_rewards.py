@@ -184,6 +184,11 @@ def test_detection_weights_are_configurable():
     assert r["score"] == pytest.approx(0.25 + 1 + 1)
     r2 = compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, detection={"missing_weight": 0.0, "f1_weight": 0.0})
     assert r2 == r
+    # As verl passes them: an OmegaConf mapping from reward.custom_reward_function.reward_kwargs.
+    from omegaconf import OmegaConf
+
+    r3 = compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, **OmegaConf.create({"detection": {"missing_weight": 0.0, "f1_weight": 0.0}}))
+    assert r3 == r
     with pytest.raises(TypeError):
         compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, f1_wieght=0.0)
     # Released script's weights: no missing penalty; max 3.

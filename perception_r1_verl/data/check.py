@@ -33,7 +33,6 @@ class Report:
     rows: int = 0
     checked: int = 0
     problems: list[str] = field(default_factory=list)
-    not_renderable: int = 0  # count-only rows (no points) have no exact answer to render
     grid: str | None = None
 
     @property
@@ -73,9 +72,7 @@ def inspect_parquet(
         gt, info = orjson.loads(gt_text), row["extra_info"]
         try:
             answer = render_answer(info["task"], gt, info["model_family"], think=info["think"])
-        except ValueError:
-            report.not_renderable += 1
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             report.problems.append(f"{where}: ground truth does not fit task {info['task']!r}: {e!r}")
         else:
             kwargs = reward_kwargs or {}

@@ -14,6 +14,7 @@ arguments (verl's ``reward_kwargs``) override the task's weights: flat (``iou_sh
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 
 import orjson
@@ -94,9 +95,10 @@ def _reward(task: str, settings: tuple):
 
 
 def _freeze(kwargs: dict) -> tuple:
-    # Per-task dicts win over flat settings: they are applied first.
+    # Per-task mappings (dicts, or OmegaConf's DictConfig from verl's config) win over flat
+    # settings: they are applied first.
     items = sorted(kwargs.items(), key=lambda kv: kv[0] not in REWARDS)
-    return tuple((k, tuple(sorted(v.items())) if isinstance(v, dict) else v) for k, v in items)
+    return tuple((k, tuple(sorted(v.items())) if isinstance(v, Mapping) else v) for k, v in items)
 
 
 def get_reward(task: str, **settings):
