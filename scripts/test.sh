@@ -10,5 +10,5 @@ TEST_DEBS=(labelme-examples librust-tesseract-sys-dev wordnet-base)
 if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null && ! dpkg -s "${TEST_DEBS[@]}" >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${TEST_DEBS[@]}" >/dev/null
 fi
-pr1_venv test,eval
+pr1_venv test
 exec "$PR1_VENV/bin/python" -m pytest -q "$@"
