@@ -3,15 +3,22 @@ order does not matter; repeating a box never pays; the exact answer scores the m
 
 import json
 import math
+import os
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from perception_r1_verl.parsing import render_answer
 from perception_r1_verl.rewards import compute_score, max_score
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# An overflow or 0/0 inside a reward is a bug even when the result stays finite.
+pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
+# PR1_HYPOTHESIS_EXAMPLES=5000 for a longer hunt than CI's.
+SETTINGS = settings(
+    max_examples=int(os.environ.get("PR1_HYPOTHESIS_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 FAMILIES = st.sampled_from(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", None])
 LABELS = st.sampled_from(["cat", "dog", "traffic light", "Cat", "", "unknown thing"])
 NUMBERS = st.one_of(

@@ -62,7 +62,8 @@ class CountingReward:
         fmt = format_score(answer, style)
         points = answer.points
         if len(answer.boxes):
-            centres = (answer.boxes[:, :2] + answer.boxes[:, 2:]) / 2
+            boxes = np.minimum(np.maximum(answer.boxes, 0), frame * 2)  # clipped first: no overflow
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             points = np.concatenate([points, centres]) if len(points) else centres
         points = np.clip(points, 0, frame)
         n = len(points)
