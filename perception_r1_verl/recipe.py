@@ -36,7 +36,6 @@ PROJECT_NAME = "perception_r1"
 
 # Images are resized into [min, max] pixels (paper: max_pixels 1,000,000, min 3136): at most
 # 1276 visual tokens, so a 2048-token prompt always holds the image and the instruction.
-MIN_PIXELS = frames.DEFAULT_MIN_PIXELS
 MAX_PIXELS = frames.DEFAULT_MAX_PIXELS
 MAX_PROMPT_LENGTH = 2048
 # Model-name spellings of each family (after lower-casing, "_" and "." -> "-"), most specific first.
@@ -328,7 +327,6 @@ COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 PIXMO_SPLITS = {"train": "train", "val": "validation"}
 SAMPLE_IMAGES = {"train": 32, "val": 8}
 PREP_WORKERS = 8
-OCR_WORDS = "the quick brown fox jumps over a lazy dog while seven pale wizards quietly mix jam".split()
 
 
 def dataset_args(task: Task, split: str, root: Path) -> list[str]:
@@ -353,61 +351,17 @@ def dataset_args(task: Task, split: str, root: Path) -> list[str]:
 
 
 def sample_args(task: Task, split: str, sample_dir: Path) -> list[str]:
-    """Converter flags for an offline sample of ``task``, written under ``sample_dir``.
+    """Converter flags for an offline sample of ``task`` (``data.sample.make_sample_sources``)."""
+    from perception_r1_verl.data.sample import make_sample_sources
 
-    Every task starts from the package's COCO-format sample (shapes with exact boxes):
-    grounding refers to shapes that are alone of their kind in the image, counting
-    counts each kind of shape by its centres, OCR gets rendered lines of text.
-    """
-    from perception_r1_verl.data.sample import make_sample_coco
-
-    root = sample_dir / split
     # Seeds differ per split, so val images are not train images.
-    sample = make_sample_coco(root, n_images=SAMPLE_IMAGES[split], seed=len(split))
+    src = make_sample_sources(sample_dir / split, n_images=SAMPLE_IMAGES[split], seed=len(split))
+    images = ["--images", str(src.images)]
     if task.name == "coco_det":
-        return ["--annotations", str(sample.annotations), "--images", str(sample.images)]
-    coco = json.loads(sample.annotations.read_text())
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
-    shapes: dict[tuple[str, str], list[list[float]]] = {}
-    for ann in coco["annotations"]:
-        x, y, w, h = ann["bbox"]
-        shapes.setdefault((files[ann["image_id"]], names[ann["category_id"]]), []).append([x, y, x + w, y + h])
-    if task.name == "refcoco":
-        lines = [{"image": f, "expression": f"the {name}", "bbox": boxes[0]} for (f, name), boxes in shapes.items() if len(boxes) == 1]
-        flags = ["--jsonl", str(_write_jsonl(root / "refcoco.jsonl", lines)), "--images", str(sample.images)]
-    elif task.name == "pixmo_count":
-        lines = [
-            {"image": f, "label": f"{name}s", "count": len(boxes), "points": [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes]}
-            for (f, name), boxes in shapes.items()
-        ]
-        flags = ["--table", str(_write_jsonl(root / "pixmo_count.jsonl", lines)), "--images", str(sample.images)]
-    else:
-        lines = [_render_page(sample.images, i, len(split)) for i in range(SAMPLE_IMAGES[split])]
-        flags = ["--jsonl", str(_write_jsonl(root / "page_ocr.jsonl", lines)), "--images", str(sample.images)]
-    return flags
-
-
-def _write_jsonl(path: Path, lines: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
-
-
-def _render_page(images: Path, i: int, seed: int) -> dict:
-    """A white page with three lines of words in PIL's built-in font; returns its jsonl line."""
-    from PIL import Image, ImageDraw
-
-    import numpy as np
-
-    rng = np.random.default_rng([seed, i])
-    lines = [" ".join(rng.choice(OCR_WORDS, size=5)) for _ in range(3)]
-    page = Image.new("RGB", (448, 168), "white")
-    draw = ImageDraw.Draw(page)
-    for row, line in enumerate(lines):
-        draw.text((16, 16 + 48 * row), line, fill="black", font_size=24)
-    name = f"page_{i:03d}.png"
-    page.save(images / name)
-    return {"image": name, "text": "\n".join(lines)}
+        return ["--annotations", str(src.annotations), *images]
+    if task.name == "pixmo_count":
+        return ["--table", str(src.counting), *images]
+    return ["--jsonl", str(src.grounding if task.name == "refcoco" else src.ocr), *images]
 
 
 def prep_command(task: Task, settings: Settings, split: str) -> list[str]:
@@ -420,9 +374,8 @@ def prep_command(task: Task, settings: Settings, split: str) -> list[str]:
         "--split", split,
         "--seed", str(settings.seed),
         "--model-family", settings.model_family,
-        "--min-pixels", str(MIN_PIXELS),
         "--max-pixels", str(MAX_PIXELS),
-    ]  # fmt: skip
+    ]  # fmt: skip  (no --min-pixels: the converter takes the family's, 65536 for Qwen3-VL)
     if limit:
         command += ["--limit", str(limit)]
     if settings.uses_sample:

@@ -261,6 +261,17 @@ def test_without_the_model_the_cpu_check_decodes_with_the_shipped_tokenizer(tmp_
     assert "row 1 reference score=2.000" in stdout
 
 
+def test_qwen3_vl_data_keeps_its_processors_minimum_size(tmp_path):
+    # Qwen3-VL's processor enlarges images under 65536 pixels; a smaller minimum would put
+    # the recorded input_size (and so the answer frame) off what the model sees.
+    settings = settings_for("coco_det", tmp_path, tmp_path / "model", MODEL_FAMILY="qwen3_vl")
+    command = recipe.prep_command(TASKS["coco_det"], settings, "val")
+    assert "--min-pixels" not in command
+    from perception_r1_verl.data.common import ConvertOptions
+
+    assert ConvertOptions(model_family="qwen3_vl").min_pixels == 65536
+
+
 def test_rewards_that_miss_the_ground_truth_are_reported():
     row = {"extra_info": {"task": "grounding", "index": 7}}
     results = [{"row": row, "reference": {"reward_score": 0.4}, "empty": {"reward_score": 0.0}}]

@@ -1,7 +1,9 @@
-"""A small COCO-format detection set drawn offline, for smoke runs and benchmarks.
+"""A small dataset drawn offline, for smoke runs, the recipes' CPU path and benchmarks.
 
-Coloured squares, circles and triangles on a noisy background; the boxes are exact
-because the shapes are drawn from them. Deterministic for a given seed.
+Coloured squares, circles and triangles on a noisy background, as COCO-format detection;
+the boxes are exact because the shapes are drawn from them. :func:`make_sample_sources`
+derives every converter's input from it: referring expressions, counts, rendered pages.
+Deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("square", "circle", "triangle")
+OCR_WORDS = "the quick brown fox jumps over a lazy dog while seven pale wizards quietly mix jam".split()
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,70 @@ def make_sample_coco(
     path = root / "instances.json"
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
     return SampleDataset(path, root / "images")
+
+
+@dataclass(frozen=True)
+class SampleSources:
+    """The sample as each converter reads it; file names are relative to ``images``."""
+
+    annotations: Path  # COCO instances json (data_prep/coco_det.py --annotations)
+    grounding: Path  # jsonl of image, expression, bbox (data_prep/refcoco.py --jsonl)
+    counting: Path  # jsonl of image, label, count, points (data_prep/pixmo_count.py --table)
+    ocr: Path  # jsonl of image, text, for rendered pages (data_prep/page_ocr.py --jsonl)
+    images: Path
+
+
+def make_sample_sources(root: Path, n_images: int = 32, seed: int = 0) -> SampleSources:
+    """:func:`make_sample_coco` plus the inputs of the other converters, derived from it.
+
+    Grounding refers to shapes alone of their kind in an image ("the circle"), counting
+    counts each kind of shape by its centres, OCR gets ``n_images`` pages of three lines.
+
+    >>> import tempfile
+    >>> s = make_sample_sources(Path(tempfile.mkdtemp()), n_images=2)
+    >>> sorted(json.loads(s.counting.read_text().splitlines()[0]))
+    ['count', 'image', 'label', 'points']
+    """
+    root = Path(root)
+    sample = make_sample_coco(root, n_images=n_images, seed=seed)
+    coco = json.loads(sample.annotations.read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    shapes: dict[tuple[str, str], list[list[float]]] = {}
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        shapes.setdefault((files[ann["image_id"]], names[ann["category_id"]]), []).append([x, y, x + w, y + h])
+    grounding = [{"image": f, "expression": f"the {name}", "bbox": boxes[0]} for (f, name), boxes in shapes.items() if len(boxes) == 1]
+    counting = [
+        {"image": f, "label": f"{name}s", "count": len(boxes), "points": [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes]}
+        for (f, name), boxes in shapes.items()
+    ]
+    pages = [_render_page(sample.images, i, seed) for i in range(n_images)]
+    return SampleSources(
+        sample.annotations,
+        _write_jsonl(root / "refcoco.jsonl", grounding),
+        _write_jsonl(root / "pixmo_count.jsonl", counting),
+        _write_jsonl(root / "page_ocr.jsonl", pages),
+        sample.images,
+    )
+
+
+def _write_jsonl(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def _render_page(images: Path, i: int, seed: int) -> dict:
+    """A white page with three lines of words in PIL's built-in font; returns its jsonl line."""
+    rng = np.random.default_rng([seed, i])
+    lines = [" ".join(rng.choice(OCR_WORDS, size=5)) for _ in range(3)]
+    page = Image.new("RGB", (448, 168), "white")
+    draw = ImageDraw.Draw(page)
+    for row, line in enumerate(lines):
+        draw.text((16, 16 + 48 * row), line, fill="black", font_size=24)
+    name = f"page_{i:03d}.png"
+    page.save(images / name)
+    return {"image": name, "text": "\n".join(lines)}
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:

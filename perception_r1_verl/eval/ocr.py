@@ -37,9 +37,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
 
 from ..parsing import Answer
+from ..rewards.ocr import edit_similarity
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _CHAR_TOKENS = re.compile(r"[\u4e00-\u9fff]|[^\s\u4e00-\u9fff]+")
@@ -103,16 +103,6 @@ def tokenize(text: str, lang: str, zh_tokenizer: str = "char") -> list[str]:
 
         return [t for t in jieba.lcut(text) if t.strip()]
     return _CHAR_TOKENS.findall(text)
-
-
-def normalized_edit_distance(pred: str, gt: str) -> float:
-    """Levenshtein distance over characters divided by the longer length.
-
-    >>> normalized_edit_distance("kitten", "sitting"), normalized_edit_distance("", "")
-    (0.42857142857142855, 0.0)
-    """
-    longest = max(len(pred), len(gt))
-    return Levenshtein.distance(pred, gt) / longest if longest else 0.0
 
 
 def set_prf(pred_tokens: list[str], gt_tokens: list[str]) -> tuple[float, float, float]:
@@ -230,7 +220,7 @@ def sample_ocr(answer: Answer, gt: dict, zh_tokenizer: str = "char", wordnet=Non
     lang = language(ref)
     pt, rt = tokenize(pred, lang, zh_tokenizer), tokenize(ref, lang, zh_tokenizer)
     precision, recall, f1 = set_prf(pt, rt)
-    edit = normalized_edit_distance(pred, ref)
+    edit = 1.0 - edit_similarity(pred, ref)  # the training reward's measure, as a distance
     return {
         "score": 1.0 - edit,
         "lang": lang,
