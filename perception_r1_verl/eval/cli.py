@@ -1,9 +1,12 @@
-"""``perception-r1-eval``: ``generate`` responses for a split, then ``score`` them."""
+"""``perception-r1-eval``: ``generate`` responses for a split, then ``score`` them; ``suite`` runs every benchmark."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+from .. import frames
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,15 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", required=True, help="Hugging Face model folder or merged verl checkpoint")
     gen.add_argument("--data", required=True, help="parquet split made by data_prep")
     gen.add_argument("--out", required=True, help="responses jsonl (appended; existing indices are skipped)")
-    gen.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
-    gen.add_argument("--batch-size", type=int, default=64)
-    gen.add_argument("--max-new-tokens", type=int, default=2048)
-    gen.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, help="vLLM only")
-    gen.add_argument("--max-model-len", type=int, default=None, help="vLLM only")
-    gen.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM only")
-    gen.add_argument("--max-images", type=int, default=1, help="most images in one row (vLLM only)")
-    gen.add_argument("--dtype", default="auto", help="transformers only: auto, bfloat16, float32, ...")
-    gen.add_argument("--device", default=None, help="transformers only: cuda, cpu, ... (default: cuda if present)")
+    _engine_args(gen)
     gen.add_argument("--limit", type=int, default=None, help="generate at most this many rows in this call")
 
     sc = sub.add_parser("score", help="metrics, tables and report for a responses jsonl")
@@ -34,19 +29,74 @@ def _parser() -> argparse.ArgumentParser:
                     help="Chinese OCR tokenisation (auto: jieba if installed, else per character)")
     sc.add_argument("--top-k", type=int, default=8, help="best and worst cases in report.html")
     sc.add_argument("--no-report", action="store_true", help="skip report.html")
+
+    from .suite import __doc__ as suite_doc
+
+    su = sub.add_parser("suite", help="prepare, generate and score every benchmark split; one table (resumable)",
+                        description=suite_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    su.add_argument("--model", required=True, help="Hugging Face model folder or merged verl checkpoint")
+    su.add_argument("--dataset-root", required=True, help="the benchmarks' source files, laid out as above")
+    su.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    su.add_argument("--benchmarks", default=None,
+                    help="comma-separated subset of refcoco,refcoco+,refcocog,pixmo_count,page_ocr,coco (default: "
+                         "all; missing ones are skipped, named ones must be present)")
+    su.add_argument("--model-family", default=None, choices=frames.MODEL_FAMILIES,
+                    help="answer frame the splits are prepared for (default: the model's config.json model_type)")
+    su.add_argument("--limit", type=int, default=None, help="prepare at most this many rows per split (smoke runs)")
+    su.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-reading processes")
+    su.add_argument("--zh-tokenizer", choices=("auto", "jieba", "char"), default="auto")
+    su.add_argument("--no-report", action="store_true", help="skip each split's report.html")
+    _engine_args(su)
     return parser
+
+
+def _engine_args(parser: argparse.ArgumentParser) -> None:
+    """The generation flags ``generate`` and ``suite`` share."""
+    parser.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=2048)
+    parser.add_argument("--tensor-parallel-size", "--tp", type=int, default=1, help="vLLM only")
+    parser.add_argument("--max-model-len", type=int, default=None, help="vLLM only")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM only")
+    parser.add_argument("--max-images", type=int, default=1, help="most images in one row (vLLM only)")
+    parser.add_argument("--dtype", default="auto", help="transformers only: auto, bfloat16, float32, ...")
+    parser.add_argument("--device", default=None, help="transformers only: cuda, cpu, ... (default: cuda if present)")
+
+
+def _engine_kwargs(args) -> dict:
+    return {"backend": args.backend, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+            "tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len,
+            "gpu_memory_utilization": args.gpu_memory_utilization, "max_images": args.max_images,
+            "dtype": args.dtype, "device": args.device}
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def _suite(args) -> int:
+    from .suite import SuiteError, run_suite
+
+    try:
+        table = run_suite(args.model, args.dataset_root, args.out, benchmarks=args.benchmarks,
+                          model_family=args.model_family, limit=args.limit, workers=args.workers,
+                          report=not args.no_report, zh_tokenizer=args.zh_tokenizer, log=_log, **_engine_kwargs(args))
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with open(f"{args.out}/suite.md") as f:
+        print(f.read())
+    return 1 if table["counts"].get("failed") else 0
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "suite":
+        return _suite(args)
     if args.command == "generate":
         from .generate import generate
 
-        stats = generate(args.model, args.data, args.out, backend=args.backend, batch_size=args.batch_size,
-                         max_new_tokens=args.max_new_tokens, tensor_parallel_size=args.tensor_parallel_size,
-                         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                         max_images=args.max_images, limit=args.limit, dtype=args.dtype, device=args.device,
-                         log=lambda msg: print(msg, file=sys.stderr))
+        stats = generate(args.model, args.data, args.out, limit=args.limit, log=_log, **_engine_kwargs(args))
         print(f"{stats['generated']} generated ({stats['backend']}), {stats['already_done']} already done, "
               f"{stats['rows']} rows in the split -> {args.out}")
         return 0
