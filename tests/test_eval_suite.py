@@ -179,3 +179,19 @@ def test_named_missing_benchmark_is_an_error(setup, tmp_path, counted, capsys):
     assert "named benchmarks are not in DATASET_ROOT" in capsys.readouterr().err
     with pytest.raises(SuiteError, match="unknown benchmarks \\['refcoco_plus'\\]"):
         run_suite(model, root, out, benchmarks="refcoco_plus")
+
+
+def test_split_without_rows_is_reported_empty(setup, tmp_path, counted):
+    """refs whose records are all train: every eval split converts to no row, scored as nothing."""
+    model, root = setup
+    empty = tmp_path / "root"
+    shutil.copytree(root / "refcoco", empty / "refcoco")
+    refs = empty / "refcoco" / "refcoco" / "refs(unc).p"
+    refs.write_bytes(pickle.dumps([{**r, "split": "train"} for r in pickle.loads(refs.read_bytes())], protocol=2))
+    table = run_suite(model, empty, tmp_path / "out", benchmarks="refcoco", progress=False, log=lambda _: None)
+    assert table["counts"] == {"empty": 3} and not counted["generate"]
+    assert [(r["split"], r["status"], r["n"], r["value"]) for r in table["rows"]] == [
+        ("val", "empty", 0, None), ("testA", "empty", 0, None), ("testB", "empty", 0, None)]
+    assert "- refcoco/val: empty: no row converted; see " in (tmp_path / "out" / "suite.md").read_text()
+    with pytest.raises(SuiteError, match="limit must be positive"):
+        run_suite(model, empty, tmp_path / "out", limit=0)

@@ -273,6 +273,8 @@ def run_suite(model, dataset_root, out, *, benchmarks=None, model_family: str | 
     root, out = Path(dataset_root), Path(out)
     if not root.is_dir():
         raise SuiteError(f"DATASET_ROOT {root} is not a folder (see the layout in `perception-r1-eval suite -h`)")
+    if limit is not None and limit <= 0:
+        raise SuiteError(f"limit must be positive, got {limit}")
     chosen, named = select(benchmarks)
     family = frames.check_family(model_family) if model_family else model_family_of(model)
     todo, results, unmet = [], [], []
