@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_eval_generate import build_tiny_qwen2_5_vl
+from qwen_fixtures import build_tiny_qwen2_5_vl
 
 from perception_r1_verl.data.sample import make_sample_sources
 from perception_r1_verl.eval import cli

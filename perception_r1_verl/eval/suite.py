@@ -38,7 +38,6 @@ when its ``metrics.json`` is older than its responses or parquet.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import Counter
@@ -197,34 +196,6 @@ def is_fresh(target: Path, sources) -> bool:
     return target.exists() and all(target.stat().st_mtime_ns >= Path(s).stat().st_mtime_ns for s in sources)
 
 
-@contextlib.contextmanager
-def shared_engine():
-    """Let every ``generate`` call of a run use the one engine the first call builds.
-
-    ``generate`` builds its engine per call: reloading the model for each of 14 splits
-    wastes minutes, and vLLM does not promise a second engine in one process the GPU
-    memory of the first. The calls of a run pass the same engine arguments.
-    """
-    saved = {name: getattr(gen, name) for name in ("TransformersEngine", "VLLMEngine")}
-    built: dict = {}
-
-    def once(name):
-        def build(*args, **kwargs):
-            if name not in built:
-                built[name] = saved[name](*args, **kwargs)
-            return built[name]
-
-        return build
-
-    try:
-        for name in saved:
-            setattr(gen, name, once(name))
-        yield built
-    finally:
-        for name, cls in saved.items():
-            setattr(gen, name, cls)
-
-
 @dataclass
 class SplitResult:
     benchmark: str
@@ -293,17 +264,17 @@ def run_suite(model, dataset_root, out, *, benchmarks=None, model_family: str | 
     for line in unmet:
         log(f"[suite] skipped {line}")
     scoring = {"report": report, "zh_tokenizer": zh_tokenizer}
-    with shared_engine():
-        for bench, split, layout, inputs in todo:
-            options = ConvertOptions(split=split, model_family=family, limit=limit, seed=seed, workers=workers,
-                                     progress=progress)
-            split_dir = out / bench.name / split
-            try:
-                result = run_split(bench, split, layout, inputs, split_dir, model, options, generation, scoring, log)
-            except ValueError as e:  # bad input (DataError), another frame, a reused split's options
-                result = SplitResult(bench.name, split, "failed", str(e), dir=str(split_dir))
-                log(f"[suite] {bench.name}/{split} failed: {e}")
-            results.append(result)
+    generation = {**generation, "engines": {}}  # one model load for every split
+    for bench, split, layout, inputs in todo:
+        options = ConvertOptions(split=split, model_family=family, limit=limit, seed=seed, workers=workers,
+                                 progress=progress)
+        split_dir = out / bench.name / split
+        try:
+            result = run_split(bench, split, layout, inputs, split_dir, model, options, generation, scoring, log)
+        except ValueError as e:  # bad input (DataError), another frame, a reused split's options
+            result = SplitResult(bench.name, split, "failed", str(e), dir=str(split_dir))
+            log(f"[suite] {bench.name}/{split} failed: {e}")
+        results.append(result)
     table = suite_table(results, model=str(model), family=family, root=str(root), limit=limit)
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(table, indent=2) + "\n"
