@@ -1,4 +1,6 @@
-"""``perception-r1-eval``: ``generate`` responses for a split, then ``score`` them; ``suite`` runs every benchmark."""
+"""``perception-r1-eval``: ``generate`` responses for a split, then ``score`` them; ``suite``
+runs every benchmark; ``rollouts`` draws the rollouts verl dumped during training
+(``trainer.rollout_data_dir``)."""
 
 from __future__ import annotations
 
@@ -47,7 +49,23 @@ def _parser() -> argparse.ArgumentParser:
     su.add_argument("--zh-tokenizer", choices=("auto", "jieba", "char"), default="auto")
     su.add_argument("--no-report", action="store_true", help="skip each split's report.html")
     _engine_args(su)
+
+    ro = sub.add_parser("rollouts", help="HTML page of the rollouts in a trainer.rollout_data_dir")
+    ro.add_argument("dir", help="verl's trainer.rollout_data_dir ({step}.jsonl files)")
+    ro.add_argument("--data", required=True, nargs="+", help="the training parquet(s) (data.train_files)")
+    ro.add_argument("--out", required=True, help="HTML file to write")
+    which = ro.add_mutually_exclusive_group()
+    which.add_argument("--steps", type=_steps, default=None, help="comma-separated steps, e.g. 1,5,10")
+    which.add_argument("--last", type=int, default=None, help="the N latest steps (default 10)")
+    ro.add_argument("--top-k", type=int, default=8, help="rollouts shown per section")
     return parser
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"steps must be comma-separated integers, got {text!r}") from None
 
 
 def _engine_args(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +118,8 @@ def main(argv=None) -> int:
         print(f"{stats['generated']} generated ({stats['backend']}), {stats['already_done']} already done, "
               f"{stats['rows']} rows in the split -> {args.out}")
         return 0
+    if args.command == "rollouts":
+        return _rollouts(args)
     from .score import score
 
     metrics = score(args.data, args.responses, args.out, annotations=args.annotations,
@@ -108,6 +128,23 @@ def main(argv=None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     with open(f"{args.out}/metrics.md") as f:
         print(f.read())
+    return 0
+
+
+def _rollouts(args) -> int:
+    from .rollouts import rollout_report
+
+    try:
+        stats = rollout_report(args.dir, args.data, args.out, steps=args.steps, last=args.last, top_k=args.top_k)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for key in ("bad_lines", "unmatched", "ambiguous", "missing_images", "reward_errors", "score_mismatches"):
+        if stats[key]:
+            print(f"warning: {stats[key]} {key.replace('_', ' ')} (listed in the report)", file=sys.stderr)
+    if stats["missing_steps"]:
+        print(f"warning: no dump for steps {stats['missing_steps']}", file=sys.stderr)
+    print(f"{stats['rollouts']} rollouts of steps {stats['steps']}, {stats['matched']} matched -> {args.out}")
     return 0
 
 
