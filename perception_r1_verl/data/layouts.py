@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perception_r1_verl.data.common import CellError, DataError, Stats, is_number, iter_parquet, read_table
+from perception_r1_verl.data.common import CellError, DataError, Stats, is_duplicate, is_number, iter_parquet, read_table
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,7 @@ def read_layout(
     unless the layout is forced (nothing to detect it from).
     """
     forced = by_name(layouts, layout)
-    for path in [paths] if isinstance(paths, str | Path) else paths:
-        path = Path(path)
+    for path in as_paths(paths):
         if path.suffix == ".parquet" and path.exists():
             schema = pq.read_schema(path)
             chosen = forced or detect(schema.names, layouts, str(path))
@@ -182,6 +181,32 @@ def _has_binary(t: pa.DataType) -> bool:
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         return _has_binary(t.value_type)
     return False
+
+
+def as_paths(paths) -> list[Path]:
+    """One path or several, as a list.
+
+    >>> as_paths("a.jsonl"), as_paths(["a.parquet", Path("b.parquet")])
+    ([PosixPath('a.jsonl')], [PosixPath('a.parquet'), PosixPath('b.parquet')])
+    """
+    return [Path(paths)] if isinstance(paths, str | Path) else [Path(p) for p in paths]
+
+
+def image_key(image, where: str) -> str:
+    """How a record without an id is named: its image path, or for an embedded image its row."""
+    return where if isinstance(image, TableImage) else str(image)
+
+
+def keep(text: str, source_id: str, seen: set, stats: Stats, where: str) -> bool:
+    """Whether a record is converted: an empty ``text`` or a repeated ``source_id`` is a
+    counted skip; a kept id is added to ``seen``."""
+    if not text:
+        stats.hit("empty_text", where)
+        return False
+    if is_duplicate(source_id, seen, stats, where):
+        return False
+    seen.add(source_id)
+    return True
 
 
 # --- small readers the layouts share ---------------------------------------------------

@@ -25,12 +25,11 @@ from perception_r1_verl.data.common import (
     Stats,
     add_common_args,
     convert,
-    is_duplicate,
     make_row,
     pick,
     run_cli,
 )
-from perception_r1_verl.data.layouts import Layout, TableImage, one_image, read_layout, with_root
+from perception_r1_verl.data.layouts import Layout, as_paths, image_key, keep, one_image, read_layout, with_root
 from perception_r1_verl.prompts import prompt_text
 
 
@@ -89,14 +88,9 @@ def load_page_ocr(path, images: Path, stats: Stats, layout: str | None = None) -
     """One job per page with an image and a non-empty transcript."""
     jobs, seen = [], set()
     for where, page in read_layout(path, LAYOUTS, stats, layout):
-        if not page.text.strip():
-            stats.hit("empty_text", where)
-            continue
-        source_id = str(page.id) if page.id is not None else where if isinstance(page.image, TableImage) else page.image
-        if is_duplicate(source_id, seen, stats, where):
-            continue
-        seen.add(source_id)
-        jobs.append(Job(source_id, with_root(page.image, images), f"{where} ({page.image})", page.text))
+        source_id = str(page.id) if page.id is not None else image_key(page.image, where)
+        if keep(page.text.strip(), source_id, seen, stats, where):
+            jobs.append(Job(source_id, with_root(page.image, images), f"{where} ({page.image})", page.text))
     return jobs
 
 
@@ -144,7 +138,7 @@ def convert_page_ocr(
     ``images`` (default: see :func:`default_images` of the first table)."""
     options = options or ConvertOptions()
     stats = Stats(options.strict)
-    tables = [jsonl] if isinstance(jsonl, str | Path) else list(jsonl)
+    tables = as_paths(jsonl)
     root = Path(images) if images is not None else default_images(tables[0])
     jobs = load_page_ocr(tables, root, stats, layout)
     return convert(jobs, ocr_builder(options, data_source), out, options, stats, data_source)

@@ -31,13 +31,21 @@ from perception_r1_verl.data.common import (
     Stats,
     add_common_args,
     convert,
-    is_duplicate,
     is_number,
     make_row,
     pick,
     run_cli,
 )
-from perception_r1_verl.data.layouts import Layout, TableImage, one_image, read_layout, strip_image_tokens, with_root
+from perception_r1_verl.data.layouts import (
+    Layout,
+    as_paths,
+    image_key,
+    keep,
+    one_image,
+    read_layout,
+    strip_image_tokens,
+    with_root,
+)
 from perception_r1_verl.prompts import prompt_text
 
 
@@ -163,13 +171,9 @@ def load_pixmo(table, images: Path, stats: Stats, layout: str | None = None) -> 
             by_sha = _sha_index(images) if by_sha is None else by_sha
             image = by_sha.get(c.sha, c.sha)  # a missing file is reported when it is read
         label = c.label.strip()
-        if not label:
-            stats.hit("empty_text", where)
+        source_id = str(c.id) if c.id is not None else f"{c.sha or image_key(image, where)}:{label}"
+        if not keep(label, source_id, seen, stats, where):
             continue
-        source_id = str(c.id) if c.id is not None else f"{c.sha or (where if isinstance(image, TableImage) else image)}:{label}"
-        if is_duplicate(source_id, seen, stats, where):
-            continue
-        seen.add(source_id)
         points, count = c.points, c.count
         if points == [] and count:  # eval splits: a count, no points
             points = None
@@ -218,8 +222,8 @@ def convert_pixmo_count(
     images, or EasyR1-style) to ``out``; ``images`` defaults to the first table's folder."""
     options = options or ConvertOptions()
     stats = Stats(options.strict)
-    tables = [table] if isinstance(table, str | Path) else list(table)
-    jobs = load_pixmo(tables, Path(images) if images is not None else Path(tables[0]).parent, stats, layout)
+    tables = as_paths(table)
+    jobs = load_pixmo(tables, Path(images) if images is not None else tables[0].parent, stats, layout)
     return convert(jobs, counting_builder(options, data_source), out, options, stats, data_source)
 
 

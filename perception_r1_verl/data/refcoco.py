@@ -41,7 +41,18 @@ from perception_r1_verl.data.common import (
     pick,
     run_cli,
 )
-from perception_r1_verl.data.layouts import Layout, is_box, one_image, read_layout, strip_image_tokens, with_root, xywh_to_xyxy
+from perception_r1_verl.data.layouts import (
+    Layout,
+    as_paths,
+    image_key,
+    is_box,
+    keep,
+    one_image,
+    read_layout,
+    strip_image_tokens,
+    with_root,
+    xywh_to_xyxy,
+)
 from perception_r1_verl.prompts import prompt_text
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
@@ -241,14 +252,9 @@ def load_table(
             if split is not None and ref.split not in (None, split):
                 continue
             text = ref.text.strip()
-            if not text:
-                stats.hit("empty_text", where)
-                continue
-            source_id = str(ref.id) if ref.id is not None else f"{ref.image}:{text}"
-            if is_duplicate(source_id, seen, stats, where):
-                continue
-            seen.add(source_id)
-            jobs.append(Job(source_id, with_root(ref.image, images), f"{where} ({ref.image})", (ref.box, text)))
+            source_id = str(ref.id) if ref.id is not None else f"{image_key(ref.image, where)}:{text}"
+            if keep(text, source_id, seen, stats, where):
+                jobs.append(Job(source_id, with_root(ref.image, images), f"{where} ({ref.image})", (ref.box, text)))
     return jobs
 
 
@@ -305,8 +311,8 @@ def convert_refcoco(
     if refs is not None:
         jobs = load_refer(refs, instances, images, split, stats)
     else:
-        tables = [jsonl] if isinstance(jsonl, str | Path) else list(jsonl)
-        root = Path(images) if images is not None else Path(tables[0]).parent
+        tables = as_paths(jsonl)
+        root = Path(images) if images is not None else tables[0].parent
         jobs = load_table(tables, root, split, bbox_format, stats, layout)
     return convert(jobs, grounding_builder(options, dataset), out, options, stats, dataset)
 
