@@ -5,6 +5,8 @@ Sources of the layouts (record shapes and column types; the values are ours unle
 - VLM-R1 REC json: om-ai-lab/VLM-R1 README @90052f478646 ("rec_jsons_processed", images
   relative to the COCO folder holding train2014/), read by src/eval/test_rec_r1.py
   (``problem``, ``solution``); the record below is verbatim from om-ai-lab/VLM-R1 issue #11.
+  Its jsonl copies (issue #237) are read by src/open-r1-multimodal/src/open_r1/grpo_jsonl.py
+  (``image``, ``conversations[0].value`` the question, ``[1].value`` the box as JSON text).
 - lmms-lab RefCOCO parquet: the dataset card of lmms-lab/RefCOCO at hub commit e15256e
   (question_id string, image, question string, answer sequence of string, segmentation and
   bbox sequences of float32, iscrowd int8, file_name string; files data/{split}-NNNNN-of-NNNNN
@@ -109,14 +111,33 @@ def test_vlm_r1_json_detected_and_read(tmp_path, coco_root):
     assert lady["extra_info"]["source_id"] == f"{VLM_R1_RECORD['image']}:the lady with the blue shirt"
 
 
-def test_vlm_r1_jsonl_with_python_api(tmp_path, coco_root):
-    """The same records as jsonl (the README asks for the jsonl copies) convert the same."""
+def test_vlm_r1_records_one_per_line_with_python_api(tmp_path, coco_root):
+    """The same records one per line (.jsonl) convert the same."""
     path = tmp_path / "refcoco_train.jsonl"
     path.write_text(json.dumps(VLM_R1_RECORD) + "\n")
     s = convert_refcoco(tmp_path / "o.parquet", opts(model_family="qwen2_vl"), jsonl=path, images=coco_root)
     (r,) = rows(tmp_path / "o.parquet")
     assert s["rules"] == {} and r["gt"]["frame"] == [1000, 1000]
     assert r["gt"]["bbox_2d"] == expected_box(VLM_R1_RECORD["bbox_list"][0], (427, 640), (1000, 1000))
+
+
+def test_vlm_r1_conversation_jsonl(tmp_path, coco_root):
+    """VLM-R1's jsonl copies (issue #237) as grpo_jsonl.py reads them: conversations[0] the
+    question (``<image>`` and the REC question of the record above), conversations[1] the box."""
+    b = VLM_R1_RECORD["solution"]
+    recs = [
+        {"id": 1, "image": VLM_R1_RECORD["image"], "conversations": [
+            {"from": "human", "value": "<image>" + VLM_R1_RECORD["problem"]}, {"from": "gpt", "value": json.dumps(b)}]},
+        {"id": 2, "image": VLM_R1_RECORD["image"], "conversations": [
+            {"from": "human", "value": "<image>What is this?"}, {"from": "gpt", "value": json.dumps(b)}]},  # no expression
+    ]
+    path = tmp_path / "refcocog_train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    s = convert_refcoco(tmp_path / "o.parquet", opts(), jsonl=path, images=coco_root, dataset="refcocog")
+    (r,) = rows(tmp_path / "o.parquet")
+    assert r["prompt"][0]["content"].startswith("<image>Output the bounding box of the the lady with the blue shirt in")
+    assert r["gt"]["bbox_2d"] == expected_box(b, (427, 640), frame_of("qwen2_5_vl", (427, 640)))
+    assert s["rules"]["malformed_record"]["count"] == 1
 
 
 # --- lmms-lab ---------------------------------------------------------------------------
@@ -279,7 +300,7 @@ def test_fox_page_ocr_benchmark_folder(tmp_path):
 @pytest.mark.parametrize(
     ("script", "accepted"),
     [
-        ("refcoco.py", ["lmms_lab", "vlm_r1", "easyr1", "jsonl"]),
+        ("refcoco.py", ["lmms_lab", "vlm_r1", "vlm_r1_jsonl", "easyr1", "jsonl"]),
         ("page_ocr.py", ["fox", "easyr1", "jsonl"]),
         ("pixmo_count.py", ["easyr1", "pixmo"]),
     ],
@@ -300,10 +321,14 @@ def test_unknown_layout_is_an_error(tmp_path, script, accepted):
 
 def test_forced_layout_counts_other_records_and_strict_stops(tmp_path, coco_root):
     path = tmp_path / "r.json"
-    path.write_text(json.dumps([VLM_R1_RECORD]))
+    path.write_text(json.dumps([VLM_R1_RECORD, {"image": "a.jpg", "expression": "x", "bbox": [1, 2, 3, 4]}]))
     s = convert_refcoco(tmp_path / "o.parquet", opts(), jsonl=path, images=coco_root, layout="jsonl")
     assert s["rows"] == 0 and s["rules"]["malformed_record"]["examples"] == ["r.json item 0: not a jsonl record"]
+    assert s["rules"]["missing_image"]["count"] == 1  # the one jsonl record was read
     with pytest.raises(DataError, match="malformed_record at r.json item 0"):
         convert_refcoco(tmp_path / "o.parquet", opts(strict=True), jsonl=path, images=coco_root, layout="jsonl")
+    path.write_text(json.dumps([VLM_R1_RECORD]))
+    with pytest.raises(DataError, match=r"none of the 1 records of .*r.json reads as jsonl \(image"):
+        convert_refcoco(tmp_path / "o.parquet", opts(), jsonl=path, images=coco_root, layout="jsonl")
     run = cli("refcoco.py", "--table", path, "--images", coco_root, "--layout", "vlm_r1", "--out", tmp_path / "v.parquet")
     assert run.returncode == 0 and len(rows(tmp_path / "v.parquet")) == 1

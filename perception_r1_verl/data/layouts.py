@@ -5,7 +5,8 @@ it and a small ``read`` function mapping one record to the converter's fields (N
 the record is malformed). :func:`read_layout` detects the layout from the file (its
 parquet schema, else the keys of its first record) unless one is forced, and yields the
 fields of every record, counting the malformed ones. A file in none of the layouts is a
-:class:`DataError` naming those it accepts.
+:class:`DataError` naming those it accepts, and so is a file none of whose records its
+layout reads (a variant of a layout must not convert to 0 rows in silence).
 
 Parquet columns holding image bytes (the Hugging Face ``Image`` feature, a struct of
 ``bytes`` and ``path``, or a list of them) are not read while listing: the record holds a
@@ -146,8 +147,8 @@ def read_layout(
     """Yield ``(where, fields)`` for every readable record of ``paths``.
 
     Each file's layout is ``layout`` if given, else detected from it. A record the layout
-    cannot read counts as ``malformed_record``. A file without any record is a DataError
-    unless the layout is forced (nothing to detect it from).
+    cannot read counts as ``malformed_record``. A file without any record, or none that
+    its layout reads, is a DataError.
     """
     forced = by_name(layouts, layout)
     for path in as_paths(paths):
@@ -162,15 +163,20 @@ def read_layout(
             )
         else:
             records, chosen = read_table(path, stats), forced
+        seen = read = 0
         for where, rec in records:
             chosen = chosen or detect(rec.keys(), layouts, f"{path} (first record, {where})")
             fields = chosen.read(rec)
+            seen += 1
             if fields is None:
                 stats.hit("malformed_record", f"{where}: not a {chosen.name} record")
             else:
+                read += 1
                 yield where, fields
         if chosen is None:
             raise DataError(f"{path} holds no record to detect its layout from")
+        if read == 0 and seen:  # the wrong layout, or a variant of it: never 0 rows in silence
+            raise DataError(f"none of the {seen} records of {path} reads as {chosen.describe()}")
 
 
 def _has_binary(t: pa.DataType) -> bool:

@@ -173,6 +173,26 @@ def _read_vlm_r1(rec: dict) -> list[Ref] | None:
     return [Ref(None, image, text, list(box))]
 
 
+# VLM-R1's REC question around the expression (the ``problem`` of its json files).
+VLM_R1_QUESTION = "Please provide the bounding box coordinate of the region this sentence describes: "
+
+
+def _read_vlm_r1_chat(rec: dict) -> list[Ref] | None:
+    # The jsonl copies read by VLM-R1's grpo_jsonl.py: the human turn is the question
+    # (``<image>`` + VLM_R1_QUESTION + expression), the gpt turn the box as JSON text.
+    turns = rec.get("conversations")
+    if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, dict) for t in turns)):
+        return None
+    question, box = turns[0].get("value"), answer_box(turns[1].get("value"))
+    text = rec.get("normal_caption")
+    if not isinstance(text, str) and isinstance(question, str):
+        question = strip_image_tokens(question)
+        text = question[len(VLM_R1_QUESTION) :].removesuffix(".") if question.startswith(VLM_R1_QUESTION) else None
+    if not (isinstance(rec.get("image"), str) and isinstance(text, str) and box is not None):
+        return None
+    return [Ref(None, rec["image"], text, box)]
+
+
 def _read_lmms(rec: dict) -> list[Ref] | None:
     image, texts, bbox, qid = one_image(rec.get("image")), rec.get("answer"), rec.get("bbox"), rec.get("question_id")
     if not (image is not None and isinstance(texts, list) and all(isinstance(t, str) for t in texts) and is_box(bbox)):
@@ -219,6 +239,13 @@ def layouts(bbox_format: str = "xyxy") -> tuple[Layout, ...]:
             "om-ai-lab/VLM-R1 rec_jsons_processed (README @90052f4; record in issue #11), read by "
             "src/eval/test_rec_r1.py",
             _read_vlm_r1,
+        ),
+        Layout(
+            "vlm_r1_jsonl",
+            (("image",), ("conversations",)),
+            "om-ai-lab/VLM-R1 jsonl copies (issue #237), read by src/open-r1-multimodal/src/open_r1/"
+            "grpo_jsonl.py @90052f4 (conversations[0] the question, conversations[1] the box as JSON)",
+            _read_vlm_r1_chat,
         ),
         Layout(
             "easyr1",
