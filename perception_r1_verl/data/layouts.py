@@ -10,8 +10,8 @@ layout reads (a variant of a layout must not convert to 0 rows in silence).
 
 Parquet columns holding image bytes (the Hugging Face ``Image`` feature, a struct of
 ``bytes`` and ``path``, or a list of them) are not read while listing: the record holds a
-:class:`TableImage` instead, read when the image is, one row group at a time, so memory
-stays bounded by a row group whatever the size of the file.
+:class:`TableImage` instead, read when the image is, decoding the image column of one
+row group at a time rather than every image of the file while listing.
 """
 
 from __future__ import annotations
