@@ -183,6 +183,20 @@ def test_lmms_lab_parquet_embedded_images(tmp_path, workers):
     assert "the " + boxes[0][1] in got["1000/0"]["prompt"][0]["content"]
 
 
+@pytest.mark.parametrize(
+    ("repo", "split", "dataset"),
+    [("RefCOCO", "val", "refcoco"), ("RefCOCO", "test", "refcoco"), ("RefCOCO", "testB", "refcoco"),
+     ("RefCOCOplus", "val", "refcoco+"), ("RefCOCOg", "val", "refcocog"), ("RefCOCOg", "test", "refcocog")],
+)
+def test_lmms_lab_dataset_and_split_from_the_hub_path(tmp_path, repo, split, dataset):
+    coins, _ = coins_with_points(tmp_path / "coins")
+    table = _lmms_table(tmp_path / "hub" / repo, split, [([5, 5, 100, 80], "coin")], coins.read_bytes())
+    run = cli("refcoco.py", "--table", table, "--out", tmp_path / "o.parquet")
+    assert run.returncode == 0, run.stderr
+    got = rows(tmp_path / "o.parquet")
+    assert len(got) == 2 and {(r["data_source"], r["extra_info"]["split"]) for r in got} == {(dataset, split)}
+
+
 def test_lmms_lab_shards_limit_random_order(tmp_path):
     """Two shards of one split visited in random order (--limit): each row keeps its own image."""
     _, voc_dir, boxes = voc_as_coco(tmp_path / "voc")
