@@ -1,4 +1,4 @@
-"""page OCR jsonl -> verl multimodal parquet. `python data_prep/page_ocr.py --help`; see README, *Preparing data*."""
+"""Page OCR tables (Fox benchmark, EasyR1, jsonl) -> verl multimodal parquet. `python data_prep/page_ocr.py --help`; see README, *Preparing data*."""
 
 import os
 import sys

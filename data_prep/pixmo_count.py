@@ -1,4 +1,4 @@
-"""PixMo-Count table -> verl multimodal parquet. `python data_prep/pixmo_count.py --help`; see README, *Preparing data*."""
+"""Counting tables (PixMo-Count, EasyR1) -> verl multimodal parquet. `python data_prep/pixmo_count.py --help`; see README, *Preparing data*."""
 
 import os
 import sys

@@ -1,4 +1,4 @@
-"""RefCOCO/RefCOCO+/RefCOCOg (refer toolkit or jsonl) -> verl multimodal parquet. `python data_prep/refcoco.py --help`; see README, *Preparing data*."""
+"""RefCOCO/RefCOCO+/RefCOCOg (refer toolkit, VLM-R1, lmms-lab parquet, EasyR1, jsonl) -> verl multimodal parquet. `python data_prep/refcoco.py --help`; see README, *Preparing data*."""
 
 import os
 import sys

@@ -58,4 +58,4 @@ def test_rules(tmp_path):
     }
     (r,) = rows(tmp_path / "o.parquet")
     assert r["gt"] == {"text": "Hello\nworld"} and "frame" not in r["gt"]
-    assert s["rules"]["malformed_record"]["examples"][0] == "p.jsonl line 6"
+    assert s["rules"]["malformed_record"]["examples"][0] == "p.jsonl line 6: not a jsonl record"

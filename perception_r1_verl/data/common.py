@@ -72,6 +72,10 @@ class DataError(ValueError):
     """Bad input under ``--strict`` (names the record), or an unusable input file."""
 
 
+class CellError(ValueError):
+    """A table cell that cannot give one image (it holds several)."""
+
+
 @dataclass
 class ConvertOptions:
     """Options shared by every converter (the CLI flags of the same names)."""
@@ -130,7 +134,7 @@ class Job:
     """One output row before its image is read: annotations in original pixels."""
 
     source_id: str
-    image: Path
+    image: Path  # or anything with read_bytes(): a TableImage of a parquet cell
     record: str  # how messages name it, e.g. "image id 42 (a.jpg)"
     payload: object
     expected_size: tuple[int, int] | None = None
@@ -199,17 +203,20 @@ class LoadedImage:
     detail: str = ""
 
 
-def load_image(path: Path, store: str, family: str, min_pixels: int, max_pixels: int) -> LoadedImage:
-    """Read and fully decode one image; never raises for bad files.
+def load_image(path, store: str, family: str, min_pixels: int, max_pixels: int) -> LoadedImage:
+    """Read and fully decode one image (a file, or anything with ``read_bytes``, such as
+    :class:`~perception_r1_verl.data.layouts.TableImage`); never raises for bad files.
 
     ``store="original"`` keeps the file's bytes (re-encoded as PNG only for formats
     other than JPEG/PNG/WebP/GIF/BMP); ``"resized"`` stores the image already resized
     to the model's input size as JPEG, which the processor then leaves as it is.
     """
     try:
-        data = Path(path).read_bytes()
+        data = (path if hasattr(path, "read_bytes") else Path(path)).read_bytes()
     except FileNotFoundError:
         return LoadedImage(error="missing_image", detail=str(path))
+    except CellError as e:
+        return LoadedImage(error="malformed_record", detail=f"{path}: {e}")
     except OSError as e:
         return LoadedImage(error="corrupt_image", detail=f"{path}: {e}")
     try:
@@ -467,12 +474,8 @@ def read_table(path: Path, stats: Stats) -> Iterator[tuple[str, dict]]:
     if not path.exists():
         raise DataError(f"input file {path} does not exist")
     if path.suffix == ".parquet":
-        pf = pq.ParquetFile(path)
-        n = 0
-        for batch in pf.iter_batches(batch_size=4096):
-            for rec in batch.to_pylist():
-                yield f"{path.name} row {n}", rec
-                n += 1
+        for n, rec in iter_parquet(path):
+            yield f"{path.name} row {n}", rec
     elif path.suffix == ".json":
         data = orjson.loads(path.read_bytes())
         if not isinstance(data, list):
@@ -490,6 +493,15 @@ def read_table(path: Path, stats: Stats) -> Iterator[tuple[str, dict]]:
                     stats.hit("malformed_record", f"{path.name} line {n}: {e}")
                     continue
                 yield from _checked(f"{path.name} line {n}", rec, stats)
+
+
+def iter_parquet(path: Path, columns: list[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """Yield ``(row number, record)`` of a parquet file, reading only ``columns`` (None: all)."""
+    n = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096, columns=columns):
+        for rec in batch.to_pylist():
+            yield n, rec
+            n += 1
 
 
 def _checked(where: str, rec, stats: Stats):

@@ -1,13 +1,22 @@
-"""Page OCR: a jsonl of ``{"image": path, "text": transcript}`` -> OCR rows.
+"""Page OCR tables -> OCR rows.
 
-An optional ``id`` becomes ``source_id`` (else the image path). The transcript is kept
-exactly as given; how it is compared is the OCR reward's business.
+Layouts (detected from the file, or chosen with ``layout``):
+
+- ``fox``: the Fox benchmark's page OCR files, the paper's PageOCR (``en_page_ocr.json``,
+  ``cn_page_ocr.json`` with their images in ``en_pdf_png/`` / ``cn_pdf_png/``): a JSON list
+  of ``{"image", "conversations": [{"from": "human", ...}, {"from": "gpt", "value": text}]}``;
+- ``easyr1``: ``images`` (one image), ``problem``, ``answer`` (the transcript) tables;
+- ``jsonl``: this package's ``{"image": path, "text": transcript}`` (optional ``id``).
+
+The transcript is kept exactly as given; how it is compared is the OCR reward's business.
+An optional ``id`` becomes ``source_id`` (else the image path, or the table row).
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 from perception_r1_verl.data.common import (
     ConvertOptions,
@@ -16,32 +25,85 @@ from perception_r1_verl.data.common import (
     Stats,
     add_common_args,
     convert,
-    is_duplicate,
     make_row,
     pick,
-    read_table,
     run_cli,
 )
+from perception_r1_verl.data.layouts import Layout, as_paths, image_key, keep, one_image, read_layout, with_root
 from perception_r1_verl.prompts import prompt_text
 
 
-def load_page_ocr(path: Path, images: Path, stats: Stats) -> list[Job]:
-    """One job per line with an image and a non-empty transcript."""
+class Page(NamedTuple):
+    id: object  # None: named by its image path
+    image: object  # a path relative to the image folder, or a TableImage
+    text: str
+
+
+# Layout readers: one record -> its page, or None when the record is malformed.
+
+
+def _read_own(rec: dict) -> Page | None:
+    image, text = pick(rec, "image", "image_path", "file_name"), pick(rec, "text", "transcript")
+    return Page(rec.get("id"), image, text) if isinstance(image, str) and isinstance(text, str) else None
+
+
+def _read_fox(rec: dict) -> Page | None:
+    image, turns = rec.get("image"), rec.get("conversations")
+    answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"] if isinstance(turns, list) else []
+    if not (isinstance(image, str) and len(answers) == 1 and isinstance(answers[0], str)):
+        return None
+    return Page(None, image, answers[0])
+
+
+def _read_easyr1(rec: dict) -> Page | None:
+    image, text = one_image(rec.get("images")), rec.get("answer")
+    return Page(rec.get("id"), image, text) if image is not None and isinstance(text, str) else None
+
+
+LAYOUTS = (
+    Layout(
+        "fox",
+        (("image",), ("conversations",)),
+        "ucaslcl/Fox README @82f720c (focus_benchmark_test/{en,cn}_page_ocr.json + {en,cn}_pdf_png/); "
+        "read by linkangheng/PR1 eval/evaluate_ocr.py @48d5558 (ground truth conversations[1].value)",
+        _read_fox,
+    ),
+    Layout(
+        "easyr1",
+        (("images",), ("answer",)),
+        "hiyouga/EasyR1 verl/utils/dataset.py @b44b311 (images, problem, answer); answer the transcript",
+        _read_easyr1,
+        image_columns=("images",),
+    ),
+    Layout(
+        "jsonl",
+        (("image", "image_path", "file_name"), ("text", "transcript")),
+        "this package's export: {image, text} (optional id)",
+        _read_own,
+    ),
+)
+
+
+def load_page_ocr(path, images: Path, stats: Stats, layout: str | None = None) -> list[Job]:
+    """One job per page with an image and a non-empty transcript."""
     jobs, seen = [], set()
-    for where, rec in read_table(path, stats):
-        image, text = pick(rec, "image", "image_path", "file_name"), pick(rec, "text", "transcript")
-        if not (isinstance(image, str) and isinstance(text, str)):
-            stats.hit("malformed_record", where)
-            continue
-        if not text.strip():
-            stats.hit("empty_text", where)
-            continue
-        source_id = str(rec["id"]) if rec.get("id") is not None else image
-        if is_duplicate(source_id, seen, stats, where):
-            continue
-        seen.add(source_id)
-        jobs.append(Job(source_id, Path(images) / image, f"{where} ({image})", text))
+    for where, page in read_layout(path, LAYOUTS, stats, layout):
+        source_id = str(page.id) if page.id is not None else image_key(page.image, where)
+        if keep(page.text.strip(), source_id, seen, stats, where):
+            jobs.append(Job(source_id, with_root(page.image, images), f"{where} ({page.image})", page.text))
     return jobs
+
+
+def default_images(table: Path) -> Path:
+    """Where a table's image paths start: the Fox benchmark's ``en_page_ocr.json`` names
+    images in ``en_pdf_png/`` beside it (likewise ``cn``); anything else, the table's folder.
+
+    >>> default_images(Path("/nonexistent/en_page_ocr.json"))
+    PosixPath('/nonexistent')
+    """
+    table = Path(table)
+    fox = table.parent / f"{table.name.split('_')[0]}_pdf_png"
+    return fox if table.name.endswith("_page_ocr.json") and fox.is_dir() else table.parent
 
 
 def ocr_builder(options: ConvertOptions, data_source: str = "page_ocr"):
@@ -64,19 +126,41 @@ def ocr_builder(options: ConvertOptions, data_source: str = "page_ocr"):
 
 
 def convert_page_ocr(
-    jsonl: Path, images: Path | None, out: Path, options: ConvertOptions | None = None, *, data_source: str = "page_ocr"
+    jsonl,
+    images: Path | None,
+    out: Path,
+    options: ConvertOptions | None = None,
+    *,
+    data_source: str = "page_ocr",
+    layout: str | None = None,
 ) -> dict:
-    """Convert an OCR jsonl to ``out``; image paths are relative to ``images`` (default: the jsonl's folder)."""
+    """Convert OCR tables (one path or several) to ``out``; image paths are relative to
+    ``images`` (default: see :func:`default_images` of the first table)."""
     options = options or ConvertOptions()
     stats = Stats(options.strict)
-    jobs = load_page_ocr(jsonl, Path(images) if images is not None else Path(jsonl).parent, stats)
+    tables = as_paths(jsonl)
+    root = Path(images) if images is not None else default_images(tables[0])
+    jobs = load_page_ocr(tables, root, stats, layout)
     return convert(jobs, ocr_builder(options, data_source), out, options, stats, data_source)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="data_prep/page_ocr.py", description="Page OCR jsonl -> verl parquet (task 'ocr').")
-    p.add_argument("--jsonl", required=True, type=Path, help='jsonl of {"image": path, "text": transcript}')
-    p.add_argument("--images", type=Path, help="folder image paths are relative to (default: the jsonl's folder)")
+    p = argparse.ArgumentParser(prog="data_prep/page_ocr.py", description="Page OCR tables -> verl parquet (task 'ocr').")
+    p.add_argument(
+        "--table",
+        "--jsonl",
+        dest="table",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="tables (.jsonl/.json/.parquet): Fox {en,cn}_page_ocr.json, EasyR1 images/problem/answer, or {image, text}",
+    )
+    p.add_argument("--layout", choices=[x.name for x in LAYOUTS], help="the tables' layout (default: detected from each file)")
+    p.add_argument(
+        "--images",
+        type=Path,
+        help="folder image paths are relative to (default: {en,cn}_pdf_png/ beside a Fox file, else the table's folder)",
+    )
     p.add_argument("--data-source", default="page_ocr", help="data_source column (default: page_ocr)")
     add_common_args(p)
     return p
@@ -84,5 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return run_cli(
-        build_parser(), argv, lambda a, o: convert_page_ocr(a.jsonl, a.images, a.out, o, data_source=a.data_source)
+        build_parser(),
+        argv,
+        lambda a, o: convert_page_ocr(a.table, a.images, a.out, o, data_source=a.data_source, layout=a.layout),
     )

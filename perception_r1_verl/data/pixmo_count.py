@@ -1,6 +1,14 @@
-"""PixMo-Count's exported table -> counting rows.
+"""Counting tables -> counting rows: PixMo-Count's export, or EasyR1-style tables.
 
-The table (``.parquet``, ``.jsonl`` or ``.json``, as ``datasets`` exports it) has
+Layouts (detected from the file, or chosen with ``layout``):
+
+- ``easyr1``: ``images`` (one image), ``problem``, ``answer`` (a count, as in CLEVR-count
+  tables: ``"3"`` or ``"<answer> 3 </answer>"``). The counting prompt needs a label: a
+  ``label`` column, else what a "How many X are/is ..." problem counts; other problems are
+  malformed. The rows have count-only ground truth (no points, noted ``count_without_points``).
+- ``pixmo``: PixMo-Count's table, below.
+
+The PixMo table (``.parquet``, ``.jsonl`` or ``.json``, as ``datasets`` exports it) has
 ``label``, ``count`` and ``points`` (a list of ``{"x", "y"}`` or ``[x, y]`` in image
 pixels; absent in the eval splits). The image is found by an ``image`` /
 ``image_path`` / ``file_name`` column relative to the image folder or, since PixMo ships
@@ -12,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 from perception_r1_verl.data.common import (
     ConvertOptions,
@@ -21,12 +31,20 @@ from perception_r1_verl.data.common import (
     Stats,
     add_common_args,
     convert,
-    is_duplicate,
     is_number,
     make_row,
     pick,
-    read_table,
     run_cli,
+)
+from perception_r1_verl.data.layouts import (
+    Layout,
+    as_paths,
+    image_key,
+    keep,
+    one_image,
+    read_layout,
+    strip_image_tokens,
+    with_root,
 )
 from perception_r1_verl.prompts import prompt_text
 
@@ -59,41 +77,109 @@ def _sha_index(images: Path) -> dict[str, str]:
         return {os.path.splitext(e.name)[0]: e.name for e in it if e.is_file()}
 
 
-def load_pixmo(table: Path, images: Path, stats: Stats) -> list[Job]:
+class Count(NamedTuple):
+    image: object  # a path relative to the image folder, a TableImage, or None (then sha)
+    sha: str | None
+    label: str
+    count: int | None
+    points: list | None  # [[x, y], ...] in image pixels; None: count-only ground truth
+    id: object = None  # None: named sha-or-image:label
+
+
+# Layout readers: one record -> its counting question, or None when the record is malformed.
+
+
+def _read_own(rec: dict) -> Count | None:
+    label, count, raw_points = rec.get("label"), rec.get("count"), rec.get("points")
+    points = _points(raw_points) if isinstance(raw_points, list | dict) else None
+    image, sha = pick(rec, "image", "image_path", "file_name"), rec.get("image_sha256")
+    ok = (
+        isinstance(label, str)
+        and (isinstance(image, str) or isinstance(sha, str))
+        and (raw_points is None or points is not None)
+        and (count is None or _is_count(count))
+        and (count is not None or points is not None)
+    )
+    return Count(image if isinstance(image, str) else None, sha if isinstance(sha, str) else None, label, count, points) if ok else None
+
+
+def _read_easyr1(rec: dict) -> Count | None:
+    image, count = one_image(rec.get("images")), answer_count(rec.get("answer"))
+    label = rec.get("label") if isinstance(rec.get("label"), str) else label_from_question(rec.get("problem"))
+    if image is None or count is None or label is None:
+        return None
+    return Count(image, None, label, count, None, rec.get("id"))
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def answer_count(v) -> int | None:
+    """A count given as an integer or its digits, optionally in ``<answer>`` tags.
+
+    >>> answer_count("<answer> 10 </answer>"), answer_count(3), answer_count("three")
+    (10, 3, None)
+    """
+    if isinstance(v, str):
+        v = v.replace("<answer>", "").replace("</answer>", "").strip()
+        v = int(v) if v.isascii() and v.isdigit() else None
+    return v if _is_count(v) else None
+
+
+_HOW_MANY = re.compile(r"\bhow many (.+?)\s+(?:are|is)\b", re.IGNORECASE)
+
+
+def label_from_question(problem) -> str | None:
+    """What a "How many ... are there" question counts (the counting prompt needs a label).
+
+    >>> label_from_question("<image>How many items are there in the image?")
+    'items'
+    >>> label_from_question("What is the total?") is None
+    True
+    """
+    m = _HOW_MANY.search(strip_image_tokens(problem)) if isinstance(problem, str) else None
+    return m.group(1) if m else None
+
+
+LAYOUTS = (
+    Layout(
+        "easyr1",
+        (("images",), ("problem",), ("answer",)),
+        "hiyouga/EasyR1 verl/utils/dataset.py @b44b311 (images, problem, answer), as in its CLEVR-count "
+        "baseline examples/baselines/qwen2_5_vl_3b_clevr.sh; answer a count, problem 'How many X are ...'",
+        _read_easyr1,
+        image_columns=("images",),
+    ),
+    Layout(
+        "pixmo",
+        (("label",), ("count", "points"), ("image", "image_path", "file_name", "image_sha256")),
+        "allenai/pixmo-count as exported by datasets: image_url, image_sha256, count, points, label",
+        _read_own,
+    ),
+)
+
+
+def load_pixmo(table, images: Path, stats: Stats, layout: str | None = None) -> list[Job]:
     """One job per table row with a usable label, count/points and image reference."""
     images = Path(images)
     by_sha: dict[str, str] | None = None
     jobs, seen = [], set()
-    for where, rec in read_table(table, stats):
-        label, count, raw_points = rec.get("label"), rec.get("count"), rec.get("points")
-        points = _points(raw_points) if isinstance(raw_points, list | dict) else None
-        image = pick(rec, "image", "image_path", "file_name")
-        sha = rec.get("image_sha256")
-        if not isinstance(image, str) and isinstance(sha, str):
+    for where, c in read_layout(table, LAYOUTS, stats, layout):
+        image = c.image
+        if image is None:
             by_sha = _sha_index(images) if by_sha is None else by_sha
-            image = by_sha.get(sha, sha)  # a missing file is reported when it is read
-        ok = (
-            isinstance(label, str)
-            and isinstance(image, str)
-            and (raw_points is None or points is not None)
-            and (count is None or (isinstance(count, int) and not isinstance(count, bool) and count >= 0))
-            and (count is not None or points is not None)
-        )
-        if not ok:
-            stats.hit("malformed_record", where)
+            image = by_sha.get(c.sha, c.sha)  # a missing file is reported when it is read
+        label = c.label.strip()
+        source_id = str(c.id) if c.id is not None else f"{c.sha or image_key(image, where)}:{label}"
+        if not keep(label, source_id, seen, stats, where):
             continue
-        if not label.strip():
-            stats.hit("empty_text", where)
-            continue
-        source_id = f"{sha or image}:{label.strip()}"
-        if is_duplicate(source_id, seen, stats, where):
-            continue
-        seen.add(source_id)
+        points, count = c.points, c.count
         if points == [] and count:  # eval splits: a count, no points
             points = None
         if points is not None and count is not None and count != len(points):
             stats.hit("count_mismatch", f"{where}: count {count}, {len(points)} points")
-        jobs.append(Job(source_id, images / image, f"{where} ({image})", (label.strip(), count, points)))
+        jobs.append(Job(source_id, with_root(image, images), f"{where} ({image})", (label, count, points)))
     return jobs
 
 
@@ -124,12 +210,20 @@ def counting_builder(options: ConvertOptions, data_source: str = "pixmo_count"):
 
 
 def convert_pixmo_count(
-    table: Path, images: Path, out: Path, options: ConvertOptions | None = None, *, data_source: str = "pixmo_count"
+    table,
+    images: Path | None,
+    out: Path,
+    options: ConvertOptions | None = None,
+    *,
+    data_source: str = "pixmo_count",
+    layout: str | None = None,
 ) -> dict:
-    """Convert a PixMo-Count table (and its downloaded images) to ``out``; returns the summary."""
+    """Convert counting tables (one path or several; PixMo-Count's with its downloaded
+    images, or EasyR1-style) to ``out``; ``images`` defaults to the first table's folder."""
     options = options or ConvertOptions()
     stats = Stats(options.strict)
-    jobs = load_pixmo(table, images, stats)
+    tables = as_paths(table)
+    jobs = load_pixmo(tables, Path(images) if images is not None else tables[0].parent, stats, layout)
     return convert(jobs, counting_builder(options, data_source), out, options, stats, data_source)
 
 
@@ -138,8 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="data_prep/pixmo_count.py",
         description="PixMo-Count table -> verl parquet (task 'counting').",
     )
-    p.add_argument("--table", required=True, type=Path, help="the exported table (.parquet, .jsonl or .json)")
-    p.add_argument("--images", required=True, type=Path, help="folder of the downloaded images")
+    p.add_argument("--table", nargs="+", required=True, type=Path, help="tables (.parquet, .jsonl or .json)")
+    p.add_argument("--layout", choices=[x.name for x in LAYOUTS], help="the tables' layout (default: detected from each file)")
+    p.add_argument("--images", type=Path, help="folder of the downloaded images (default: the table's folder)")
     p.add_argument("--data-source", default="pixmo_count", help="data_source column (default: pixmo_count)")
     add_common_args(p)
     return p
@@ -147,5 +242,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return run_cli(
-        build_parser(), argv, lambda a, o: convert_pixmo_count(a.table, a.images, a.out, o, data_source=a.data_source)
+        build_parser(), argv, lambda a, o: convert_pixmo_count(a.table, a.images, a.out, o, data_source=a.data_source, layout=a.layout)
     )
