@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("task", choices=[*sorted(TASKS), MIX.name])
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, appended after the recipe's")
     parser.add_argument("--rows", type=int, default=4, help="rows scored through the reward manager (default 4)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --rows before or after the overrides
 
     task = TASKS.get(args.task, MIX)
     settings = Settings.from_env(task)
