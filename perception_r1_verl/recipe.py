@@ -1,4 +1,4 @@
-"""Training recipes: one task's verl overrides, checked on CPU, launched on GPUs.
+"""Training recipes: one task's verl overrides (or all four's, ``perception_mix``), checked on CPU, launched on GPUs.
 
 ``bash recipes/<task>.sh [hydra overrides...]`` runs ``python -m perception_r1_verl.recipe
 <task> [hydra overrides...]``, which
@@ -324,7 +324,7 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         "trainer.test_freq=50",
         "trainer.save_freq=100",
         "trainer.log_val_generations=8",
-        # Every step's rollouts (prompt, response, score, reward components) as
+        # Every step's rollouts (prompt, response, ground truth, score) as
         # <step>.jsonl beside the checkpoints (verl's default_local_dir is
         # checkpoints/<project>/<experiment>). verl 0.9.1 dumps at every step when this
         # is set and has no every-N-steps knob; trainer.rollout_data_dir=null turns it off.
