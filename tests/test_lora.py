@@ -96,3 +96,15 @@ def test_verls_lora_builder_adapts_the_language_model_only(family, tmp_path):
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)  # the base, tower included, is frozen
     assert model.peft_config["default"].r == 64
+
+
+def test_the_printed_lora_command_composes_to_the_same_config(tmp_path):
+    """The launch line is shell-quoted (the regex has ``*``): split back, it composes the same."""
+    import shlex
+
+    settings = Settings.from_env(TASKS["page_ocr"], env={"DATA_DIR": str(tmp_path), "LORA_RANK": "32"}, gpus=0)
+    line = shlex.join(recipe.launch_command(build_overrides(TASKS["page_ocr"], settings)))
+    argv = shlex.split(line)
+    config = compose(argv[argv.index(recipe.LAUNCH_MODULE) + 1 :])
+    assert config.actor_rollout_ref.model.exclude_modules == ".*visual.*"
+    assert config.actor_rollout_ref.model.lora_rank == 32
