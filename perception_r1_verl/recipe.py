@@ -1,4 +1,4 @@
-"""Training recipes: one task's verl overrides, checked on CPU, launched on GPUs.
+"""Training recipes: one task's verl overrides (or all four's, ``perception_mix``), checked on CPU, launched on GPUs.
 
 ``bash recipes/<task>.sh [hydra overrides...]`` runs ``python -m perception_r1_verl.recipe
 <task> [hydra overrides...]``, which
@@ -24,10 +24,11 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from perception_r1_verl import frames
+from perception_r1_verl.data.mix import parse_mix
 from perception_r1_verl.parsing import render_answer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +66,35 @@ TASKS = {
         Task("page_ocr", "ocr", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 2048, 5000),
     )
 }
+
+# All four tasks in one run (``recipes/perception_mix.sh``): one policy, each task with its
+# own prompt and answer frame, the data of every task prepared for the one model family.
+# Qwen2.5-VL-3B is the paper's detection model, the hardest of the four tasks, and answers
+# the other three in its own frame; responses get the longest task's length.
+MIX = Task(
+    "perception_mix",
+    "mixed",
+    "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2_5_vl",
+    max(task.max_response_length for task in TASKS.values()),
+    None,
+)
+# Rows drawn from each task's training set (``MIX``): the paper's subsets (Table 7) for
+# RefCOCO, PixMo-Count and page OCR. The paper trains detection on all of COCO (118k
+# images), which would be 85% of the mix; 10k is the subset of its reward ablation
+# (Table 6), on which the detection rewards reached 28 AP.
+DEFAULT_MIX = {"refcoco": 5000, "pixmo_count": 10000, "page_ocr": 5000, "coco_det": 10000}
+
+# LoRA (``LORA_RANK=N``) through verl's FSDP LoRA (PEFT on the actor, vLLM serving the
+# adapter). Adapters learn slowly at full fine-tuning rates: verl's LoRA guide
+# (docs/advance/ppo_lora.rst) advises an order of magnitude more than the full-model lr.
+PAPER_LR = 1e-6
+LORA_LR = 1e-5
+# Adapters on the language model's linear layers only; the vision tower and its merger
+# (every module under ``visual``) stay frozen, as in verl's Qwen2.5-VL LoRA example:
+# vLLM serves adapters on the language model, and a frozen tower keeps its pretrained
+# features while RL shapes the answers.
+LORA_EXCLUDE_MODULES = ".*visual.*"
 
 # The detection curriculum (``CURRICULUM=1``): rows sorted easy to hard by number of objects,
 # with more rollouts for the harder stages. The paper gives the idea, not the numbers; these
@@ -122,6 +152,9 @@ class Settings:
     train_limit: int | None
     val_limit: int | None
     seed: int
+    lora_rank: int = 0  # 0: full fine-tuning
+    lora_alpha: int = 0
+    mix: tuple[tuple[str, int], ...] = ()  # perception_mix: (task, training rows), in order
 
     @classmethod
     def from_env(cls, task: Task, env=None, gpus: int | None = None) -> Settings:
@@ -133,11 +166,19 @@ class Settings:
         env = os.environ if env is None else env
         gpus = cuda_gpu_count() if gpus is None else gpus
         model_path = env.get("MODEL_PATH") or task.model
+        lora_rank = _env_int(env, "LORA_RANK", 0)
+        # alpha = rank: PEFT scales the adapter by alpha / rank, so 1.0 whatever the rank.
+        lora_alpha = _env_int(env, "LORA_ALPHA", lora_rank)
+        if lora_rank < 0 or lora_alpha < 0:
+            raise SystemExit(f"LORA_RANK={lora_rank} / LORA_ALPHA={lora_alpha} must not be negative")
+        suffix = f"_lora{lora_rank}" if lora_rank else ""
         root = env.get("DATASET_ROOT")
         curriculum = _env_flag(env, "CURRICULUM")
         if curriculum and task.reward_task != "detection":
             raise SystemExit(f"CURRICULUM is an option of the detection recipe, not of {task.name}")
         logger = tuple(x.strip() for x in env.get("LOGGER", "console").split(",") if x.strip())
+        if task is MIX and env.get("TRAIN_LIMIT", "").strip():
+            raise SystemExit("TRAIN_LIMIT is not read by perception_mix: its MIX gives each task's rows")
         train_limit = _env_int(env, "TRAIN_LIMIT", task.train_limit)
         val_limit = _env_int(env, "VAL_LIMIT", 500)
         family = frames.check_family(env.get("MODEL_FAMILY") or model_family(model_path, task.model_family))
@@ -148,23 +189,50 @@ class Settings:
             dataset_root=Path(root).expanduser().resolve() if root else None,
             n_gpus_per_node=_env_int(env, "N_GPUS_PER_NODE", gpus or 8),
             nnodes=_env_int(env, "NNODES", 1),
-            experiment_name=env.get("EXPERIMENT_NAME") or f"{task.name}_{Path(model_path).name}",
+            experiment_name=env.get("EXPERIMENT_NAME") or f"{task.name}_{Path(model_path).name}{suffix}",
             logger=logger or ("console",),
             curriculum=curriculum,
             train_limit=train_limit if train_limit and train_limit > 0 else None,
             val_limit=val_limit if val_limit and val_limit > 0 else None,
             seed=_env_int(env, "SEED", 1),
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            mix=tuple(parse_mix(env.get("MIX") or "", DEFAULT_MIX).items()) if task is MIX else (),
         )
 
     @property
     def uses_sample(self) -> bool:
-        """No ``DATASET_ROOT`` and no prepared parquet: the offline sample stands in."""
+        """No ``DATASET_ROOT`` and no prepared parquet: the offline sample stands in (for any task of a mix)."""
+        if self.mix:
+            return any(part.uses_sample for _, part in self.components())
         prepared = all((self.data_dir / f"{split}.parquet").exists() for split in ("train", "val"))
         return self.dataset_root is None and not prepared
 
     def parquet(self, split: str) -> Path:
         """``$DATA_DIR/<task>/<split>.parquet``, or under ``sample/`` for the offline sample."""
         return (self.data_dir / "sample" if self.uses_sample else self.data_dir) / f"{split}.parquet"
+
+    def components(self) -> list[tuple[Task, Settings]]:
+        """A mix's tasks, each with its settings: its rows of the mix as ``train_limit``, its data in
+        ``$DATA_DIR/perception_mix/<task>/`` (apart from the single-task recipes', whose limits
+        differ), its release in ``$DATASET_ROOT/<task>/``; the model family is the mix's."""
+        return [
+            (
+                TASKS[name],
+                replace(
+                    self,
+                    data_dir=self.data_dir / name,
+                    dataset_root=self.dataset_root / name if self.dataset_root else None,
+                    train_limit=rows,
+                    mix=(),
+                ),
+            )
+            for name, rows in self.mix
+        ]
+
+    def data_files(self, split: str) -> list[Path]:
+        """The parquet files of ``split``: the task's one, or one per task of a mix."""
+        return [part.parquet(split) for _, part in self.components()] if self.mix else [self.parquet(split)]
 
 
 def build_overrides(task: Task, settings: Settings) -> list[str]:
@@ -178,8 +246,10 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         "algorithm.adv_estimator=grpo",
         # The paper's KL is a loss term against the frozen reference, not a reward penalty.
         "algorithm.use_kl_in_reward=False",
-        f"data.train_files={settings.parquet('train')}",
-        f"data.val_files={settings.parquet('val')}",
+        # A mix lists every task's files: verl concatenates them, validates each and logs
+        # val-aux/<data_source>/... per task.
+        f"data.train_files={files_override(settings.data_files('train'))}",
+        f"data.val_files={files_override(settings.data_files('val'))}",
         "data.prompt_key=prompt",
         "data.image_key=images",
         f"data.max_prompt_length={MAX_PROMPT_LENGTH}",
@@ -199,7 +269,7 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         "actor_rollout_ref.model.enable_gradient_checkpointing=True",
         "actor_rollout_ref.model.use_remove_padding=True",
         "actor_rollout_ref.actor.strategy=fsdp",
-        "actor_rollout_ref.actor.optim.lr=1e-6",
+        f"actor_rollout_ref.actor.optim.lr={LORA_LR if settings.lora_rank else PAPER_LR}",
         # One policy update per batch, as in the paper (so PPO's ratio clip never acts):
         # the mini-batch follows data.train_batch_size when a user overrides it.
         "actor_rollout_ref.actor.ppo_mini_batch_size=${data.train_batch_size}",
@@ -254,10 +324,51 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         "trainer.test_freq=50",
         "trainer.save_freq=100",
         "trainer.log_val_generations=8",
+        # Every step's rollouts (prompt, response, ground truth, score) as
+        # <step>.jsonl beside the checkpoints (verl's default_local_dir is
+        # checkpoints/<project>/<experiment>). verl 0.9.1 dumps at every step when this
+        # is set and has no every-N-steps knob; trainer.rollout_data_dir=null turns it off.
+        "trainer.rollout_data_dir=${trainer.default_local_dir}/rollouts",
     ]
+    if settings.lora_rank:
+        overrides += lora_overrides(settings.lora_rank, settings.lora_alpha)
     if settings.curriculum:
         overrides += curriculum_overrides(settings.seed)
     return overrides
+
+
+def files_override(files: list[Path]) -> str:
+    """One file as a plain value, several as a Hydra list of quoted paths.
+
+    >>> files_override([Path("/d/a.parquet")]), files_override([Path("/d/a.parquet"), Path("/d/b.parquet")])
+    ('/d/a.parquet', "['/d/a.parquet','/d/b.parquet']")
+    """
+    if len(files) == 1:
+        return str(files[0])
+    return "[" + ",".join(f"'{path}'" for path in files) + "]"
+
+
+def lora_overrides(rank: int, alpha: int) -> list[str]:
+    """verl 0.9.1's FSDP LoRA keys (``verl/trainer/config/model/hf_model.yaml``, read by
+    ``workers/engine/fsdp/transformer_impl.py:_build_lora_module`` into a PEFT ``LoraConfig``)
+    and the vLLM rollout's load format (``workers/config/rollout.py``).
+
+    With a LoRA rank, verl also serves the adapter in vLLM (``enable_lora``, ``max_lora_rank``
+    rounded up to vLLM's sizes, checked by ``validate_config``) and computes the reference
+    log-probs with the adapter disabled, so no second model is held.
+    """
+    return [
+        f"actor_rollout_ref.model.lora_rank={rank}",
+        f"actor_rollout_ref.model.lora_alpha={alpha}",
+        # PEFT's all-linear: every nn.Linear but the output head ...
+        "actor_rollout_ref.model.target_modules=all-linear",
+        # ... minus the vision tower (a regex PEFT matches against full module names).
+        f"actor_rollout_ref.model.exclude_modules='{LORA_EXCLUDE_MODULES}'",
+        # vLLM loads the base weights from MODEL_PATH itself; each step then syncs only the
+        # adapter (verl's LoRA guide requires it; verl's default "dummy" would send the whole
+        # base model once).
+        "actor_rollout_ref.rollout.load_format=safetensors",
+    ]
 
 
 def curriculum_overrides(seed: int) -> list[str]:
@@ -313,10 +424,37 @@ def validate(config) -> None:
     from verl.utils.device import auto_set_device
 
     auto_set_device(config)
-    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    checked = _without_vllm_lora_check(config)
+    validate_config(checked, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
     OmegaConf.to_container(config, resolve=True, throw_on_missing=False)
     omega_conf_to_dataclass(config.algorithm)
     omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
+
+
+# The largest max_lora_rank vLLM accepts: verl's own fallback list when vLLM cannot be
+# imported (verl/workers/rollout/vllm_rollout/utils.py:get_vllm_max_lora_rank).
+VLLM_MAX_LORA_RANK = 512
+
+
+def _without_vllm_lora_check(config):
+    """``config``, or, on a machine without vLLM, a copy without LoRA for ``validate_config``.
+
+    ``validate_config`` checks a LoRA rank against vLLM's ranks by importing vLLM's rollout
+    package, which needs vLLM; without it (a CPU machine) the rank is checked here against
+    the same limit and every other check runs on the copy.
+    """
+    import copy
+    import importlib.util
+
+    rank = config.actor_rollout_ref.model.get("lora_rank", 0)
+    if rank <= 0 or config.actor_rollout_ref.rollout.name != "vllm" or importlib.util.find_spec("vllm"):
+        return config
+    if rank > VLLM_MAX_LORA_RANK:
+        raise ValueError(f"lora_rank must be less than or equal to {VLLM_MAX_LORA_RANK}, but got {rank}")
+    print(f"[recipe] vLLM is not installed here: lora_rank {rank} checked against vLLM's limit {VLLM_MAX_LORA_RANK}")
+    checked = copy.deepcopy(config)
+    checked.actor_rollout_ref.model.lora_rank = 0
+    return checked
 
 
 # ---------------------------------------------------------------- data
@@ -392,7 +530,23 @@ def prepared_family(parquet: Path) -> str | None:
 
 
 def prepare_data(task: Task, settings: Settings) -> None:
-    """Write the train and val parquet files that are missing (existing ones are kept)."""
+    """Write the train and val parquet files that are missing (existing ones are kept).
+
+    A mix prepares each of its tasks, then counts the training rows each contributes.
+    """
+    if settings.mix:
+        from perception_r1_verl.data.mix import mix_report, parquet_rows
+
+        for part_task, part in settings.components():
+            prepare_data(part_task, part)
+        got = {name: parquet_rows(path) for (name, _), path in zip(settings.mix, settings.data_files("train"), strict=True)}
+        lines, problems = mix_report(dict(settings.mix), got)
+        print("[recipe] training mix:\n  " + "\n  ".join(lines))
+        if problems:
+            raise SystemExit(
+                "the prepared training files do not match MIX (delete them to prepare again):\n  " + "\n  ".join(problems)
+            )
+        return
     for split in ("train", "val"):
         out = settings.parquet(split)
         if out.exists():
@@ -545,12 +699,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m perception_r1_verl.recipe",
         description="Prepare data, check the verl config and launch one Perception-R1 training recipe.",
     )
-    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("task", choices=[*sorted(TASKS), MIX.name])
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, appended after the recipe's")
     parser.add_argument("--rows", type=int, default=4, help="rows scored through the reward manager (default 4)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --rows before or after the overrides
 
-    task = TASKS[args.task]
+    task = TASKS.get(args.task, MIX)
     settings = Settings.from_env(task)
     gpus = cuda_gpu_count()
     dry_run = _env_flag(os.environ, "DRY_RUN")
@@ -561,10 +715,14 @@ def main(argv: list[str] | None = None) -> int:
     config = compose(overrides)
     validate(config)
 
-    print(f"[recipe] scoring {args.rows} val rows through the reward manager {config.reward.reward_manager.name!r}")
     val_files = config.data.val_files
-    val_file = val_files if isinstance(val_files, str) else val_files[0]
-    results = score_rows(config, read_rows(Path(val_file), args.rows), allow_offline=not gpus)
+    val_files = [val_files] if isinstance(val_files, str) else list(val_files)
+    print(
+        f"[recipe] scoring {args.rows} val rows of each of {len(val_files)} val file(s) through the reward "
+        f"manager {config.reward.reward_manager.name!r}"
+    )
+    rows = [row for val_file in val_files for row in read_rows(Path(val_file), args.rows)]
+    results = score_rows(config, rows, allow_offline=not gpus)
     print_scores(results)
     reward_kwargs = config.reward.get("custom_reward_function", {}).get("reward_kwargs") or {}
     problems = check_scores(results, dict(reward_kwargs))

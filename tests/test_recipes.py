@@ -20,7 +20,7 @@ from hydra.errors import ConfigCompositionException
 from qwen_fixtures import qwen2_5_vl_processor, qwen2_5_vl_processor_dir  # noqa: F401  (fixtures)
 
 from perception_r1_verl import recipe
-from perception_r1_verl.recipe import TASKS, Settings, build_overrides, compose, validate
+from perception_r1_verl.recipe import MIX, TASKS, Settings, build_overrides, compose, validate
 
 RECIPES = Path(recipe.REPO_ROOT) / "recipes"
 # The components each task's validation must report (the issue: IoU, F1, accuracy).
@@ -88,6 +88,8 @@ def test_every_recipe_composes_with_verl_and_passes_validate_config(task, curric
     # One policy update per batch: the mini-batch is the batch.
     assert actor.ppo_mini_batch_size == config.data.train_batch_size
     assert (config.data.custom_cls.name == "CurriculumDataset") is curriculum
+    # Every step's rollouts are dumped beside the checkpoints.
+    assert config.trainer.rollout_data_dir == f"checkpoints/perception_r1/{settings.experiment_name}/rollouts"
 
 
 def test_extra_arguments_reach_hydra_after_the_recipe_and_win(tmp_path):
@@ -149,7 +151,7 @@ def test_bad_settings_stop_with_a_message(task, env, message):
 # ---------------------------------------------------------------- the shell recipes
 
 
-@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("task", [*sorted(TASKS), MIX.name])
 def test_each_recipe_script_only_names_its_task_and_defers_to_common_sh(task):
     path = RECIPES / f"{task}.sh"
     subprocess.run(["bash", "-n", str(path)], check=True)
@@ -163,7 +165,7 @@ def test_each_recipe_script_only_names_its_task_and_defers_to_common_sh(task):
 
 
 def test_there_is_one_script_per_task():
-    assert {p.stem for p in RECIPES.glob("*.sh")} == {*TASKS, "common"}
+    assert {p.stem for p in RECIPES.glob("*.sh")} == {*TASKS, MIX.name, "common"}
 
 
 def test_an_environment_with_verl_is_used_as_is():

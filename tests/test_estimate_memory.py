@@ -1,0 +1,52 @@
+"""bench/estimate_memory.py: its parameter counts against the model cards, and the
+directions every memory estimate must move in."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "bench" / "estimate_memory.py"
+spec = importlib.util.spec_from_file_location("estimate_memory", PATH)
+em = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = em  # dataclasses look their module up
+spec.loader.exec_module(em)
+
+
+def test_doctests():
+    assert doctest.testmod(em).failed == 0
+
+
+@pytest.mark.parametrize("name", sorted(em.MODELS))
+def test_parameter_counts_match_the_model_cards(name):
+    assert em.MODELS[name].params() == pytest.approx(em.PUBLISHED_PARAMS[name], rel=0.005)
+
+
+@pytest.mark.parametrize("name", sorted(em.MODELS))
+def test_estimates_move_the_right_way(name):
+    model = em.MODELS[name]
+    full = em.phases(model, em.Setup(0, False, 1, 2, 4), 8, 2048)
+    lora = em.phases(model, em.Setup(64, False, 1, 2, 4), 8, 2048)
+    assert lora["update"] < full["update"] and lora["resident"] < full["resident"]
+    assert em.phases(model, em.Setup(0, True, 1, 2, 4), 8, 2048)["resident"] == 0  # offloaded between phases
+    bigger = em.phases(model, em.Setup(0, False, 1, 4, 4), 8, 2048)
+    assert bigger["update"] > full["update"]  # a larger micro-batch costs activations
+    shorter = em.phases(model, em.Setup(0, False, 1, 2, 4), 8, 768)
+    assert shorter["update"] < full["update"] and shorter["kv_per_sequence"] < full["kv_per_sequence"]
+    assert em.phases(model, em.Setup(0, False, 2, 2, 4), 8, 2048)["vllm_fixed"] < full["vllm_fixed"]
+    assert em.phases(model, em.Setup(0, False, 1, 2, 4), 16, 2048)["update"] < full["update"]  # more shards
+
+
+def test_every_table_row_fits_its_card():
+    rows = em.table(gpus=8, response=2048, lora_rank=64)[2:]
+    assert len(rows) == len(em.MODELS) * len(em.CARDS_GB)
+    for model in em.MODELS.values():
+        for card in em.CARDS_GB:
+            setup, numbers = em.best(model, card, 8, 2048, 64)
+            assert max(numbers["update"], numbers["log_probs"]) <= em.MARGIN * card * 1e9
+            assert numbers["resident"] + numbers["util"] * card * 1e9 <= card * 1e9
+            assert numbers["concurrent"] >= em.MIN_CONCURRENT
