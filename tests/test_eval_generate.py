@@ -101,6 +101,39 @@ def test_fetch_image_matches_qwen_vl_utils(size, mode, bounds):
         assert got.size == want.size and got.tobytes() == want.tobytes()
 
 
+def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_model, tmp_path):
+    """verl's merger writes a LoRA run as base weights + lora_adapter/: generate folds it in."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    merged = tmp_path / "merged"
+    shutil.copytree(tiny_model, merged)
+    base = AutoModelForImageTextToText.from_pretrained(merged)
+    # init_lora_weights=False: a non-zero adapter, so folding it in changes the model.
+    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           exclude_modules=r".*visual.*", init_lora_weights=False))
+    lora.save_pretrained(merged / "lora_adapter")
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        want = lora(input_ids=ids).logits
+        plain = AutoModelForImageTextToText.from_pretrained(tiny_model)(input_ids=ids).logits
+    assert not torch.allclose(want, plain, atol=1e-4)
+
+    data, out, said = split(tmp_path, n=2), tmp_path / "r.jsonl", []
+    stats = generate(merged, data, out, backend="transformers", max_new_tokens=2, device="cpu", log=said.append)
+    assert stats["generated"] == 2 and any("LoRA adapter" in line for line in said)
+    folded = AutoModelForImageTextToText.from_pretrained(merged / "lora_folded")
+    with torch.no_grad():
+        assert torch.allclose(folded(input_ids=ids).logits, want, atol=1e-4)
+    said.clear()  # a second call reuses the folded model
+    generate(merged, data, tmp_path / "again.jsonl", backend="transformers", max_new_tokens=2, device="cpu",
+             log=said.append)
+    assert not any("folding" in line for line in said)
+
+
 def test_unmerged_verl_checkpoint_names_the_merge_command(tmp_path):
     actor = tmp_path / "global_step_10" / "actor"
     (actor / "huggingface").mkdir(parents=True)

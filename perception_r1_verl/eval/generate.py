@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import time
 from io import BytesIO
 from pathlib import Path
@@ -55,6 +56,42 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
             f"--backend fsdp --local_dir {actor} --target_dir {actor}/merged_hf"
         )
     raise ValueError(f"{path} holds no Hugging Face model (config.json and weights)")
+
+
+LORA_ADAPTER = "lora_adapter"  # where verl's model merger puts a LoRA run's adapter, beside the base weights
+LORA_FOLDED = "lora_folded"
+
+
+def fold_lora(model_dir: Path, log=print) -> Path:
+    """The model to evaluate in ``model_dir``: itself, or with its LoRA adapter folded in.
+
+    verl's merger writes a LoRA run as the *base* weights plus ``lora_adapter/`` (PEFT);
+    loading the folder as a plain model would silently evaluate the base model. The
+    adapter is merged into the weights once, into ``model_dir/lora_folded/``, which later
+    calls reuse (vLLM and transformers then load an ordinary model).
+    """
+    adapter = model_dir / LORA_ADAPTER
+    if not (adapter / "adapter_config.json").exists():
+        return model_dir
+    folded = model_dir / LORA_FOLDED
+    if (folded / "config.json").exists() and any(folded.glob("*.safetensors")):
+        return folded
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ValueError(f"{model_dir} holds a LoRA adapter ({adapter}); folding it in needs peft: pip install peft") from None
+    from transformers import AutoModelForImageTextToText
+
+    log(f"{model_dir} holds a LoRA adapter: folding it into the weights once, into {folded}")
+    base = AutoModelForImageTextToText.from_pretrained(model_dir, dtype="auto")
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    partial = model_dir / (LORA_FOLDED + ".partial")
+    merged.save_pretrained(partial)
+    for f in model_dir.iterdir():  # tokenizer, processor and chat template files, as they are
+        if f.is_file() and f.suffix not in (".safetensors", ".bin") and not (partial / f.name).exists():
+            shutil.copy2(f, partial / f.name)
+    os.replace(partial, folded)  # a crash midway leaves no half-written model behind
+    return folded
 
 
 def fetch_image(item: dict, factor: int) -> Image.Image:
@@ -209,7 +246,7 @@ def generate(model, data, out, *, backend: str = "auto", batch_size: int = 64, m
     from ..data.qwen_vl import load_processor
     from .dataset import read_split
 
-    model_dir = resolve_model_dir(model)
+    model_dir = fold_lora(resolve_model_dir(model), log)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _completed(out)
