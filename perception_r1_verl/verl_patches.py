@@ -108,7 +108,8 @@ def patch_qwen2_vl(module) -> str:
 PATCHES: dict[str, Callable] = {"verl.models.transformers.qwen2_vl": patch_qwen2_vl}
 
 
-def _apply(name: str, module) -> None:
+def _apply(module) -> None:
+    name = module.__name__
     try:
         outcome = PATCHES[name](module)
     except Exception:
@@ -122,10 +123,13 @@ def _apply(name: str, module) -> None:
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Runs the module's patch right after verl's module executes, before anyone uses it."""
+    """Runs the patches of a module right after it executes, before any importer uses it."""
+
+    def __init__(self):
+        self.patches: dict[str, list[Callable]] = {}
 
     def find_spec(self, name, path=None, target=None):
-        if name not in PATCHES:
+        if name not in self.patches:
             return None
         others = (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec"))
         spec = next((s for f in others if (s := f.find_spec(name, path, target)) is not None), None)
@@ -135,10 +139,25 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         def execute_and_patch(module):
             execute(module)
-            _apply(name, module)
+            for patch in self.patches[name]:
+                patch(module)
 
         spec.loader.exec_module = execute_and_patch  # this spec's loader only: one import
         return spec
+
+
+_finder = _PatchOnImport()
+
+
+def on_import(name: str, patch: Callable) -> None:
+    """Call ``patch(module)`` on module ``name`` now if it is imported, and whenever it is
+    (re)executed by an import; ``patch`` must be idempotent and handle its own errors."""
+    if not any(finder is _finder for finder in sys.meta_path):
+        sys.meta_path.insert(0, _finder)
+    if patch not in _finder.patches.setdefault(name, []):
+        _finder.patches[name].append(patch)
+    if name in sys.modules:
+        patch(sys.modules[name])
 
 
 def install() -> bool:
@@ -147,8 +166,5 @@ def install() -> bool:
     if os.getenv(ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}:
         return False
     for name in PATCHES:
-        if name in sys.modules:
-            _apply(name, sys.modules[name])
-    if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
+        on_import(name, _apply)
     return True

@@ -115,7 +115,7 @@ def _unknown(model, input_ids, attention_mask=None):
 def test_a_verl_that_fixed_it_is_left_alone_quietly(caplog):
     module = _fake_verl_module(_fixed_upstream)
     with caplog.at_level(logging.DEBUG, logger=verl_patches.__name__):
-        verl_patches._apply(module.__name__, module)
+        verl_patches._apply(module)
     assert module._get_input_embeds is _fixed_upstream
     assert "not needed" in caplog.text and "WARNING" not in caplog.text
 
@@ -123,7 +123,7 @@ def test_a_verl_that_fixed_it_is_left_alone_quietly(caplog):
 def test_an_unexpected_verl_gets_one_warning_and_is_left_alone(caplog):
     module = _fake_verl_module(_unknown)
     with caplog.at_level(logging.WARNING, logger=verl_patches.__name__):
-        verl_patches._apply(module.__name__, module)
+        verl_patches._apply(module)
     assert module._get_input_embeds is _unknown
     (record,) = caplog.records
     assert record.levelno == logging.WARNING and "cannot fix verl.models.transformers.qwen2_vl" in record.message
@@ -153,3 +153,23 @@ def test_import_verl_installs_the_fix_before_verls_module_is_used():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "True"
+
+
+def test_on_import_patches_a_module_when_it_executes_and_at_once_when_already_imported(tmp_path, monkeypatch):
+    (tmp_path / "pr1_patch_target.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+
+    def patch(module):
+        seen.append(module.VALUE)
+        module.VALUE = 2
+
+    verl_patches.on_import("pr1_patch_target", patch)
+    assert seen == []  # not imported yet
+    import pr1_patch_target
+
+    assert seen == [1] and pr1_patch_target.VALUE == 2  # patched before the importer saw it
+    verl_patches.on_import("pr1_patch_target", patch)  # already imported: at once, registered once
+    assert seen == [1, 2] and verl_patches._finder.patches["pr1_patch_target"] == [patch]
+    monkeypatch.delitem(sys.modules, "pr1_patch_target")
+    del verl_patches._finder.patches["pr1_patch_target"]
