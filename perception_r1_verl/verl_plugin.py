@@ -1,5 +1,6 @@
 """``verl.plugins`` entry point: ``import verl`` imports this, registers ``perception`` and
-installs the training-step reward metrics (``perception_r1_verl.step_metrics``).
+installs the training-step reward metrics (``perception_r1_verl.step_metrics``) and the
+narrow fixes of verl defects (``perception_r1_verl.verl_patches``).
 
 verl swallows a plugin's import error (logged at DEBUG) and only fails later with
 "Reward manager is not registered" or "Unknown reward manager"; so the import failure is
@@ -30,6 +31,14 @@ try:
     step_metrics.install()
 except Exception:
     logger.warning("perception-r1-verl: per-step reward metrics are not installed", exc_info=True)
+
+try:
+    # Fixes of verl defects that stop a run (opt out: PERCEPTION_VERL_PATCHES=0).
+    from perception_r1_verl import verl_patches
+
+    verl_patches.install()
+except Exception:
+    logger.warning("perception-r1-verl: the fixes of verl defects are not installed", exc_info=True)
 
 
 def check_registered() -> None:

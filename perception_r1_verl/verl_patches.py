@@ -1,0 +1,170 @@
+"""Narrow fixes of verl defects that stop a Perception-R1 run, installed by the plugin.
+
+The ``verl.plugins`` entry point (``perception_r1_verl.verl_plugin``, imported by ``import
+verl`` in every process) calls :func:`install`. Each fix is applied when verl first imports
+its module, and only where the installed verl has the defect, recognised from the
+function's source. Where the source is not what the fix expects (another verl), it logs one
+WARNING and leaves verl as it is; a verl that has fixed the defect is left alone quietly.
+``PERCEPTION_VERL_PATCHES=0`` installs nothing.
+
+**The image-less micro-batch** (verl 0.9.1 ``verl/models/transformers/qwen2_vl.py``
+``_get_input_embeds``, the model forward of Qwen2-VL and Qwen2.5-VL). A micro-batch without
+any image still runs the visual tower on a dummy 4x4-patch image and adds
+``0.0 * image_embeds.mean()``: every FSDP rank then all-gathers (and reduce-scatters the
+gradients of) the same visual parameters, whether its micro-batch has images or not. Under
+transformers 5 the tower returns a ``BaseModelOutputWithPooling``, so ``.mean()`` raises
+``AttributeError`` and the run dies at the first such micro-batch. verl's own padding
+samples (text-only, added whenever a step's response count does not divide over the GPUs,
+as with the curriculum's per-row ``__rollout_n__``) make one whenever a micro-batch holds
+only padding. The fix hands that branch a view of the model whose ``visual`` returns the
+embeddings, unpacked by verl's own ``unpack_visual_output`` (as its image branch and
+Qwen3-VL's copy of the dummy branch already do); everything else is verl's code.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "PERCEPTION_VERL_PATCHES"
+_MARK = "_perception_verl_patch"
+# verl 0.9.1's no-image branch of _get_input_embeds starts with this test.
+NO_IMAGE_BRANCH = "if pixel_values is None and pixel_values_videos is None"
+
+
+def dummy_visual_unpacked(source: str) -> bool | None:
+    """Whether the no-image branch of a ``_get_input_embeds`` source unpacks the visual
+    tower's output before ``.mean()``; ``None`` when the source has no such branch.
+
+    >>> branch = NO_IMAGE_BRANCH + ":\\n    image_embeds = model.visual(pixel_values, grid_thw=g)\\n"
+    >>> dummy_visual_unpacked(branch + "    x = x + 0.0 * image_embeds.mean()")
+    False
+    >>> dummy_visual_unpacked(branch.replace("model.visual(", "unpack_visual_output(model.visual(") + ")")
+    True
+    >>> dummy_visual_unpacked("def f(model):\\n    return model.visual(x)") is None
+    True
+    """
+    _, found, branch = source.partition(NO_IMAGE_BRANCH)
+    if not found or "model.visual(" not in branch:
+        return None
+    return "unpack_visual_output(" in branch
+
+
+class _UnpackingVisual:
+    """``model`` as verl's no-image branch sees it, with ``visual(...)`` returning the
+    image embeddings: the real tower runs (parameters, FSDP hooks, autograd unchanged)."""
+
+    def __init__(self, model, unpack: Callable):
+        self._model, self._unpack = model, unpack
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def visual(self, *args, **kwargs):
+        embeds, _ = self._unpack(self._model.visual(*args, **kwargs))
+        return embeds
+
+
+def unpacking_dummy_visual(get_input_embeds: Callable, unpack: Callable) -> Callable:
+    """``get_input_embeds`` whose no-image call sees :class:`_UnpackingVisual`; calls with
+    images go to it unchanged."""
+
+    @functools.wraps(get_input_embeds)
+    def wrapper(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None, *args, **kwargs):
+        if pixel_values is None and pixel_values_videos is None:
+            model = _UnpackingVisual(model, unpack)
+        return get_input_embeds(model, input_ids, attention_mask, pixel_values, pixel_values_videos, *args, **kwargs)
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def patch_qwen2_vl(module) -> str:
+    """Fix ``module._get_input_embeds`` (``verl.models.transformers.qwen2_vl``) if it has the
+    defect; returns what was done. Raises ``RuntimeError`` where its source is unexpected."""
+    import inspect
+
+    original = module._get_input_embeds
+    if getattr(original, _MARK, False):
+        return "already patched"
+    unpacked = dummy_visual_unpacked(inspect.getsource(original))
+    if unpacked is None:
+        raise RuntimeError(f"{module.__name__}._get_input_embeds has no dummy-visual branch ({NO_IMAGE_BRANCH!r})")
+    if unpacked:
+        return "not needed: verl unpacks the visual output itself"
+    from verl.utils.transformers_compat import unpack_visual_output
+
+    # qwen2_vl_base_forward / qwen2_vl_forward look the function up in the module at each call.
+    module._get_input_embeds = unpacking_dummy_visual(original, unpack_visual_output)
+    return "patched"
+
+
+PATCHES: dict[str, Callable] = {"verl.models.transformers.qwen2_vl": patch_qwen2_vl}
+
+
+def _apply(module) -> None:
+    name = module.__name__
+    try:
+        outcome = PATCHES[name](module)
+    except Exception:
+        logger.warning(
+            "perception-r1-verl: cannot fix %s (verl's code differs from 0.9.1?); left as verl ships it",
+            name,
+            exc_info=True,
+        )
+        return
+    logger.debug("perception-r1-verl: %s: %s", name, outcome)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs the patches of a module right after it executes, before any importer uses it."""
+
+    def __init__(self):
+        self.patches: dict[str, list[Callable]] = {}
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.patches:
+            return None
+        others = (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec"))
+        spec = next((s for f in others if (s := f.find_spec(name, path, target)) is not None), None)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        execute = spec.loader.exec_module
+
+        def execute_and_patch(module):
+            execute(module)
+            for patch in self.patches[name]:
+                patch(module)
+
+        spec.loader.exec_module = execute_and_patch  # this spec's loader only: one import
+        return spec
+
+
+_finder = _PatchOnImport()
+
+
+def on_import(name: str, patch: Callable) -> None:
+    """Call ``patch(module)`` on module ``name`` now if it is imported, and whenever it is
+    (re)executed by an import; ``patch`` must be idempotent and handle its own errors."""
+    if not any(finder is _finder for finder in sys.meta_path):
+        sys.meta_path.insert(0, _finder)
+    if patch not in _finder.patches.setdefault(name, []):
+        _finder.patches[name].append(patch)
+    if name in sys.modules:
+        patch(sys.modules[name])
+
+
+def install() -> bool:
+    """Apply the fixes now (modules already imported) or when verl imports them; ``False``
+    when ``PERCEPTION_VERL_PATCHES=0``."""
+    if os.getenv(ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    for name in PATCHES:
+        on_import(name, _apply)
+    return True

@@ -1,0 +1,175 @@
+"""The plugin's fixes of verl defects (``perception_r1_verl.verl_patches``), on tiny random
+Qwen2-VL / Qwen2.5-VL models built from configs (no hub, no Ray, a few seconds)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+from perception_r1_verl import verl_patches
+
+IMAGE_TOKEN = 250
+# A 1x4x4 patch grid: 16 patches, 4 image tokens after the 2x2 merge.
+GRID = torch.tensor([[1, 4, 4]])
+TEXT = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+            vocab_size=256, bos_token_id=0, eos_token_id=1, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})  # fmt: skip
+VISION = {
+    "qwen2_vl": dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+    "qwen2_5_vl": dict(depth=2, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=64,
+                       fullatt_block_indexes=[1]),  # fmt: skip  (one windowed block, one full)
+}
+
+
+def tiny_model(family: str):
+    """The inner ``Qwen2VLModel`` / ``Qwen2_5_VLModel``: what verl's forward hands ``_get_input_embeds``."""
+    import transformers
+
+    config_cls, model_cls = {
+        "qwen2_vl": (transformers.Qwen2VLConfig, transformers.Qwen2VLForConditionalGeneration),
+        "qwen2_5_vl": (transformers.Qwen2_5_VLConfig, transformers.Qwen2_5_VLForConditionalGeneration),
+    }[family]
+    config = config_cls(text_config=TEXT, vision_config=VISION[family], vocab_size=256,
+                        image_token_id=IMAGE_TOKEN, video_token_id=IMAGE_TOKEN + 1)  # fmt: skip
+    torch.manual_seed(0)
+    return model_cls(config).model
+
+
+@pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
+def model(request):
+    return tiny_model(request.param)
+
+
+@pytest.fixture(scope="module")
+def qwen2_vl():
+    """verl's module, imported as its workers import it (``import verl`` loads the plugin)."""
+    from verl.models.transformers import qwen2_vl
+
+    return qwen2_vl
+
+
+def text_ids() -> torch.Tensor:
+    return torch.arange(2, 18).reshape(2, 8)  # two text-only rows, like verl's padding samples
+
+
+def test_installed_verl_has_the_defect_and_it_is_patched(qwen2_vl):
+    patched = qwen2_vl._get_input_embeds
+    assert getattr(patched, verl_patches._MARK, False)
+    assert verl_patches.dummy_visual_unpacked(inspect.getsource(patched.__wrapped__)) is False
+
+
+def test_unpatched_verl_fails_on_a_micro_batch_without_images(model, qwen2_vl):
+    with pytest.raises(AttributeError, match="BaseModelOutputWithPooling.*mean"):
+        qwen2_vl._get_input_embeds.__wrapped__(model, text_ids())
+
+
+def test_a_micro_batch_without_images_runs_and_still_reaches_every_visual_parameter(model, qwen2_vl):
+    model.zero_grad()
+    mask = torch.ones(2, 8, dtype=torch.long)
+    embeds, out_mask = qwen2_vl._get_input_embeds(model, text_ids(), mask)
+    assert out_mask is mask
+    # 0.0 x the dummy image: the text embeddings are unchanged.
+    assert torch.equal(embeds, model.get_input_embeddings()(text_ids()))
+    embeds.square().sum().backward()
+    visual = list(model.visual.named_parameters())
+    assert visual
+    # The tower is in the graph (so every FSDP rank gathers and reduces it), with zero gradient.
+    for name, param in visual:
+        assert param.grad is not None, name
+        assert torch.count_nonzero(param.grad) == 0, name
+    assert torch.count_nonzero(model.get_input_embeddings().weight.grad) > 0
+
+
+def test_a_micro_batch_with_an_image_is_verls_own(model, qwen2_vl):
+    patch_dim = 3 * 2 * 14 * 14  # channels x temporal patch x patch^2
+    pixels = torch.randn(16, patch_dim)
+    ids = torch.tensor([[2, 3, IMAGE_TOKEN, IMAGE_TOKEN, IMAGE_TOKEN, IMAGE_TOKEN, 4, 5]])
+    with torch.no_grad():
+        got = qwen2_vl._get_input_embeds(model, ids, None, pixels, None, GRID, None)
+        expected = qwen2_vl._get_input_embeds.__wrapped__(model, ids, None, pixels, None, GRID, None)
+    assert torch.equal(got[0], expected[0])
+    assert not torch.equal(got[0], model.get_input_embeddings()(ids))  # the image went in
+
+
+def _fake_verl_module(function) -> types.ModuleType:
+    module = types.ModuleType("verl.models.transformers.qwen2_vl")
+    module._get_input_embeds = function
+    return module
+
+
+def _fixed_upstream(model, input_ids, attention_mask=None, pixel_values=None, pixel_values_videos=None):
+    if pixel_values is None and pixel_values_videos is None:
+        embeds, _ = unpack_visual_output(model.visual(pixel_values))  # noqa: F821  (source only)
+    return embeds, attention_mask
+
+
+def _unknown(model, input_ids, attention_mask=None):
+    return model(input_ids), attention_mask
+
+
+def test_a_verl_that_fixed_it_is_left_alone_quietly(caplog):
+    module = _fake_verl_module(_fixed_upstream)
+    with caplog.at_level(logging.DEBUG, logger=verl_patches.__name__):
+        verl_patches._apply(module)
+    assert module._get_input_embeds is _fixed_upstream
+    assert "not needed" in caplog.text and "WARNING" not in caplog.text
+
+
+def test_an_unexpected_verl_gets_one_warning_and_is_left_alone(caplog):
+    module = _fake_verl_module(_unknown)
+    with caplog.at_level(logging.WARNING, logger=verl_patches.__name__):
+        verl_patches._apply(module)
+    assert module._get_input_embeds is _unknown
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and "cannot fix verl.models.transformers.qwen2_vl" in record.message
+
+
+def test_patching_twice_wraps_once(qwen2_vl):
+    patched = qwen2_vl._get_input_embeds
+    verl_patches.install()
+    verl_patches.patch_qwen2_vl(qwen2_vl)
+    assert qwen2_vl._get_input_embeds is patched
+
+
+def test_the_opt_out_installs_nothing(monkeypatch):
+    monkeypatch.setenv(verl_patches.ENV_VAR, "0")
+    assert verl_patches.install() is False
+
+
+def test_import_verl_installs_the_fix_before_verls_module_is_used():
+    # A fresh process, as a Ray worker: the plugin comes in with `import verl`, the fix when
+    # verl's monkey patching imports the module.
+    code = (
+        "import sys, verl\n"
+        "assert 'verl.models.transformers.qwen2_vl' not in sys.modules\n"
+        "from verl.models.transformers import qwen2_vl\n"
+        "print(getattr(qwen2_vl._get_input_embeds, '_perception_verl_patch', False))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "True"
+
+
+def test_on_import_patches_a_module_when_it_executes_and_at_once_when_already_imported(tmp_path, monkeypatch):
+    (tmp_path / "pr1_patch_target.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen = []
+
+    def patch(module):
+        seen.append(module.VALUE)
+        module.VALUE = 2
+
+    verl_patches.on_import("pr1_patch_target", patch)
+    assert seen == []  # not imported yet
+    import pr1_patch_target
+
+    assert seen == [1] and pr1_patch_target.VALUE == 2  # patched before the importer saw it
+    verl_patches.on_import("pr1_patch_target", patch)  # already imported: at once, registered once
+    assert seen == [1, 2] and verl_patches._finder.patches["pr1_patch_target"] == [patch]
+    monkeypatch.delitem(sys.modules, "pr1_patch_target")
+    del verl_patches._finder.patches["pr1_patch_target"]
