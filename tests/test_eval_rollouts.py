@@ -273,6 +273,7 @@ def test_cli_steps_last_and_errors(run, tmp_path, capsys):
 
 # A reward override the report cannot know: recomputing with defaults gives other scores.
 SETTINGS = {"iou_shape": "iou_squared"}
+TIMED_OUT = "prompt2_0_0"
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +291,8 @@ def v1(run, tmp_path_factory):
         for j, output in enumerate(_outputs(row, spam=False)):
             key = f"prompt{i}_{j}_0"
             infos[key] = _score(row, output, **SETTINGS)
+            if key == TIMED_OUT:  # what the manager reports for a reward over its time limit
+                infos[key] = dict.fromkeys(infos[key]) | dict.fromkeys(COUNTERS, 0.0) | {"score": 0.0, "reward_timeout": 1.0}
             samples.append(agent_loop_sample(key, ids, run.tokenizer.encode(output) + [eos], row["data_source"],
                                              row["reward_model"]["ground_truth"], row["extra_info"], infos[key]))
             keys.append(key)
@@ -337,4 +340,7 @@ def test_a_v1_dump_with_columns_is_matched_by_index_and_not_recomputed(run, v1):
                 shifted += abs(default - line["score"]) > 1e-6
     assert shifted > 0  # some shown scores are the override's, which recomputation would have lost
     assert "1 padding samples verl added to fill the batch" in v1.html
+    assert s["reward_timeout"] == 1 and s["reward_error"] == 0
+    [timed_out] = [body for where, body in _section(v1.html, "worst-grounding")[2] if by_line[where]["uid"] == TIMED_OUT]
+    assert "scored 0 in training: reward_timeout" in timed_out and "no components" in timed_out
     assert "1 rollouts whose dumped data_source and index name no row" in v1.html

@@ -48,6 +48,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from .. import rewards
+from ..step_metrics import COUNTERS
 from ..boxes import pairwise_iou_giou
 from ..parsing import Answer, parse_answer
 from ..prompts import IMAGE_TOKEN
@@ -88,6 +89,7 @@ class Rollout:
     data_source: str | None = None  # the row's, when the dump has them
     index: str | None = None
     padding: bool = False  # one of verl's no-op samples that fill up the batch
+    counters: tuple = ()  # the manager's counters set for it: reward_timeout, reward_error
     data: int | None = None  # which --data file matched, and its row
     row: int | None = None
     unmatched: str | None = None  # why no row matched
@@ -151,9 +153,10 @@ def parse_line(line: bytes, step: int, n: int, where: str) -> Rollout | None:
     >>> r = parse_line(b'{"input": "p", "output": "o", "gts": "{}", "score": 1.5, "step": 2, "uid": "a_0_0"}', 2, 1, "2.jsonl:1")
     >>> r.score, r.uid, r.dumped, r.index
     (1.5, 'a_0_0', None, None)
-    >>> r = parse_line(b'{"input": "p", "output": "o", "score": 2, "data_source": "refcoco", "index": 7, "iou": 1, "f1": null}', 2, 1, "")
-    >>> r.data_source, r.index, r.dumped
-    ('refcoco', '7', {'iou': 1.0})
+    >>> r = parse_line(b'{"input": "p", "output": "o", "score": 0, "data_source": "refcoco", "index": 7, "iou": 0, "f1": null, '
+    ...                b'"reward_timeout": 1.0, "reward_error": 0.0}', 2, 1, "")
+    >>> r.data_source, r.index, r.dumped, r.counters
+    ('refcoco', '7', {'iou': 0.0}, ('reward_timeout',))
     >>> parse_line(b'{"input": "p", "output": "o", "score": "NaN"}', 2, 2, "2.jsonl:2") is None
     True
     """
@@ -171,7 +174,8 @@ def parse_line(line: bytes, step: int, n: int, where: str) -> Rollout | None:
     source = obj.get("data_source")
     return Rollout(step, n, where, obj["input"], obj["output"], obj.get("gts"), float(obj["score"]),
                    None if uid is None else str(uid), dumped, source if isinstance(source, str) else None,
-                   None if index is None else str(index), obj.get("is_padding") is True)
+                   None if index is None else str(index), obj.get("is_padding") is True,
+                   tuple(k for k in COUNTERS if _number(obj.get(k)) and obj[k] > 0))
 
 
 def read_dump(path: Path, step: int) -> tuple[list[Rollout], list[str]]:
@@ -478,6 +482,7 @@ def _case(r: Rollout, samples: dict, pictures: _Pictures) -> str:
     head = [r.where, f"score {r.score:.3f}"]
     if r.uid:
         head.append(f"uid {r.uid}")
+    head += [f"scored 0 in training: {k}" for k in r.counters]
     parts = [f'<div class="case" data-where="{html.escape(r.where)}">']
     if r.row is None:
         parts.append(f'<div class="meta">{html.escape(" | ".join(head))}</div>')
@@ -550,6 +555,8 @@ def _problems(stats: dict) -> str:
         ("padding", "padding samples verl added to fill the batch, left out"),
         ("missing_images", "rows drawn without their image (missing or unreadable)"),
         ("reward_errors", "rollouts whose components could not be recomputed"),
+        ("reward_timeout", "rollouts the reward manager scored 0 because the reward timed out in training"),
+        ("reward_error", "rollouts the reward manager scored 0 because the reward raised in training (a data error?)"),
         ("score_mismatches", "recomputed scores differ from the dumped score (other reward settings, or text "
                              "lost in decoding)"),
         ("bad_rows", "parquet rows skipped (bad ground truth or unknown task)"),
@@ -583,6 +590,7 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
     samples = {}
     for step, rollouts in by_step.items():
         counts["padding"] += sum(r.padding for r in rollouts)
+        counts.update(k for r in rollouts if not r.padding for k in r.counters)
         by_step[step] = rollouts = [r for r in rollouts if not r.padding]
         for r in rollouts:
             match = rows.match(r)
@@ -610,7 +618,7 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
         "unmatched_reasons": dict(reasons), "bad_lines": len(bad), "bad_line_examples": bad[:20],
         "bad_rows": len(rows.bad_rows), "skipped_files": len(other),
         **{k: counts[k] for k in ("matched_by_index", "index_misses", "padding", "ambiguous", "missing_images",
-                                  "reward_errors", "score_mismatches")},
+                                  "reward_errors", "score_mismatches", *COUNTERS)},
         "sections": {sid: total for sid, _, _, total, _ in parts},
     }
     nav = "".join(f"<a href='#{sid}'>{html.escape(title)} ({total})</a>" for sid, title, _, total, _ in parts)
