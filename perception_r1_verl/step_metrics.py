@@ -1,9 +1,11 @@
-"""Reward components in verl's *training-step* metrics (``perception/<key>/mean``).
+"""Reward components in verl's *training-step* metrics (``perception/<key>/mean``) and in
+the v1 trainer's rollout dump.
 
 verl 0.9.1 logs ``reward_extra_info`` only for validation; a training step gets
 ``critic/score/*`` and nothing else, and 0.9.1 has no metric hook or callback. So the
-``verl.plugins`` entry point (imported by ``import verl`` in every process) installs two
-wrappers, each applied when verl first imports the module that defines it:
+``verl.plugins`` entry point (imported by ``import verl`` in every process) installs
+wrappers, each applied when verl first imports the module that defines it. Two for the
+metrics:
 
 - v1 trainer (``trainer.use_v1=true``, the default): ``PPOTrainer._compute_metrics`` in
   ``verl.trainer.ppo.v1.trainer_base``; after verl's own metrics it reads the batch's
@@ -17,10 +19,10 @@ Each logs, for every key of ``rewards.component_keys()`` plus the manager's coun
 has a value in the batch (``None`` cells skipped), ``perception/<key>/mean`` over the batch
 and ``perception/<data_source>/<key>/mean`` per data source.
 
-A third wrapper fills in the v1 trainer's rollout dump (``trainer.rollout_data_dir``):
-verl's ``PPOTrainer._log_rollout_data`` writes only ``uid`` beside the text and the score,
-so the wrapper reads the batch's ``data_source``, ``extra_info`` and ``extra_fields`` from
-the TransferQueue and adds, per line, ``data_source``, ``index`` and ``task`` (of the row's
+A third, in the same ``verl.trainer.ppo.v1.trainer_base``, fills in the v1 rollout dump
+(``trainer.rollout_data_dir``): verl's ``PPOTrainer._log_rollout_data`` writes only
+``uid`` beside the text and the score, so the wrapper reads the batch's ``data_source``,
+``extra_info`` and ``extra_fields`` from the TransferQueue and adds, per line, ``data_source``, ``index`` and ``task`` (of the row's
 ``extra_info``), ``is_padding`` and every ``reward_extra_info`` key (the manager's
 components, ``None`` where one does not apply, and counters), in the order of verl's
 ``uid`` column. Columns verl writes itself (``score`` among them) are kept as verl wrote
