@@ -1,9 +1,11 @@
-"""Reward components in verl's *training-step* metrics (``perception/<key>/mean``).
+"""Reward components in verl's *training-step* metrics (``perception/<key>/mean``) and in
+the v1 trainer's rollout dump.
 
 verl 0.9.1 logs ``reward_extra_info`` only for validation; a training step gets
 ``critic/score/*`` and nothing else, and 0.9.1 has no metric hook or callback. So the
-``verl.plugins`` entry point (imported by ``import verl`` in every process) installs two
-wrappers, each applied when verl first imports the module that defines it:
+``verl.plugins`` entry point (imported by ``import verl`` in every process) installs
+wrappers, each applied when verl first imports the module that defines it. Two for the
+metrics:
 
 - v1 trainer (``trainer.use_v1=true``, the default): ``PPOTrainer._compute_metrics`` in
   ``verl.trainer.ppo.v1.trainer_base``; after verl's own metrics it reads the batch's
@@ -15,9 +17,20 @@ wrappers, each applied when verl first imports the module that defines it:
 
 Each logs, for every key of ``rewards.component_keys()`` plus the manager's counters that
 has a value in the batch (``None`` cells skipped), ``perception/<key>/mean`` over the batch
-and ``perception/<data_source>/<key>/mean`` per data source. Set
-``PERCEPTION_STEP_METRICS=0`` to install nothing. A wrapper that cannot install, or fails
-in a step, logs a WARNING and leaves verl's own metrics untouched: it never stops training.
+and ``perception/<data_source>/<key>/mean`` per data source.
+
+A third, in the same ``verl.trainer.ppo.v1.trainer_base``, fills in the v1 rollout dump
+(``trainer.rollout_data_dir``): verl's ``PPOTrainer._log_rollout_data`` writes only
+``uid`` beside the text and the score, so the wrapper reads the batch's ``data_source``,
+``extra_info`` and ``extra_fields`` from the TransferQueue and adds, per line, ``data_source``, ``index`` and ``task`` (of the row's
+``extra_info``), ``is_padding`` and every ``reward_extra_info`` key (the manager's
+components, ``None`` where one does not apply, and counters), in the order of verl's
+``uid`` column. Columns verl writes itself (``score`` among them) are kept as verl wrote
+them; a padding sample (``is_padding`` true) gets ``None`` in every added column.
+
+Set ``PERCEPTION_STEP_METRICS=0`` to install nothing. A wrapper that cannot install, or
+fails in a step, logs a WARNING and leaves verl's own metrics and dump untouched: it never
+stops training.
 """
 
 from __future__ import annotations
@@ -92,6 +105,20 @@ def rows_to_columns(extra_fields: Sequence) -> dict[str, list]:
 _failed: set[str] = set()
 
 
+def _warn_failed(name: str, consequence: str) -> None:
+    """Log the exception being handled in wrapper ``name``: the cause repeats every step,
+    so the traceback once, then a DEBUG line."""
+    first = name not in _failed
+    _failed.add(name)
+    logger.log(
+        logging.WARNING if first else logging.DEBUG,
+        "perception step metrics: %s failed; %s",
+        name,
+        consequence,
+        exc_info=first,
+    )
+
+
 def _adding_metrics(original: Callable, add: Callable) -> Callable:
     """``original``, then ``add(result, *args, **kwargs)``; a failing ``add`` only warns."""
 
@@ -101,15 +128,7 @@ def _adding_metrics(original: Callable, add: Callable) -> Callable:
         try:
             add(result, *args, **kwargs)
         except Exception:
-            # The cause repeats every step: the traceback once, then a DEBUG line.
-            first = original.__qualname__ not in _failed
-            _failed.add(original.__qualname__)
-            logger.log(
-                logging.WARNING if first else logging.DEBUG,
-                "perception step metrics: %s failed; this step logs no perception/* metrics",
-                original.__qualname__,
-                exc_info=first,
-            )
+            _warn_failed(original.__qualname__, "this step logs no perception/* metrics")
         return result
 
     setattr(wrapper, _MARK, True)
@@ -153,6 +172,93 @@ def wrap_v1_compute_metrics(compute_metrics: Callable, tq) -> Callable:
     return _adding_metrics(compute_metrics, add)
 
 
+# The keys verl's _write_generations writes itself: an added column never replaces one.
+_VERL_DUMP_KEYS = frozenset({"input", "output", "gts", "score", "step"})
+
+
+def dump_row(data_source, extra_info, extra_fields, is_padding: bool) -> dict:
+    """The columns one rollout adds to the v1 dump (``None`` for a padding sample, whose
+    fields verl copied from another sample).
+
+    >>> dump_row("refcoco", {"index": 3, "task": "grounding"}, {"reward_extra_info": {"score": 2.0, "iou": 1.0}}, False)
+    {'data_source': 'refcoco', 'index': 3, 'task': 'grounding', 'is_padding': False, 'score': 2.0, 'iou': 1.0}
+    >>> dump_row("refcoco", {"index": 3}, {"reward_extra_info": {"iou": 1.0}}, True)
+    {'is_padding': True}
+    """
+    if is_padding:
+        return {"is_padding": True}
+    extra_info = extra_info if isinstance(extra_info, Mapping) else {}
+    try:
+        task = rewards.task_of(data_source, extra_info)
+    except ValueError:  # not a perception row: no task to tell
+        task = None
+    info = extra_fields.get("reward_extra_info") if isinstance(extra_fields, Mapping) else None
+    return {"data_source": data_source, "index": extra_info.get("index"), "task": task, "is_padding": False,
+            **(info or {})}
+
+
+def v1_dump_columns(tq, batch) -> dict[str, dict]:
+    """:func:`dump_row` of every sample of a v1 ``KVBatchMeta`` batch, by its key."""
+    fields = ["data_source", "extra_info", "extra_fields"]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    tags = batch.tags or [{}] * len(batch.keys)
+    columns = zip(batch.keys, tags, *(_as_list(data[f]) for f in fields), strict=True)
+    return {key: dump_row(source, info, extra, (tag or {}).get("is_padding", False))
+            for key, tag, source, info, extra in columns}
+
+
+def with_columns(reward_extra_infos_dict: Mapping[str, list], by_key: Mapping[str, dict]) -> dict[str, list]:
+    """verl's dump columns plus the rows of ``by_key``, in the order of verl's ``uid`` column.
+
+    >>> with_columns({"uid": ["b_0_0", "a_0_0"]}, {"a_0_0": {"iou": 1.0, "score": 2.0}, "b_0_0": {"is_padding": True}})
+    {'uid': ['b_0_0', 'a_0_0'], 'is_padding': [True, None], 'iou': [None, 1.0]}
+    """
+    rows = [by_key[uid] for uid in reward_extra_infos_dict["uid"]]
+    added = dict.fromkeys(k for row in rows for k in row if k not in reward_extra_infos_dict and k not in _VERL_DUMP_KEYS)
+    return {**reward_extra_infos_dict, **{k: [row.get(k) for row in rows] for k in added}}
+
+
+def wrap_v1_log_rollout_data(log_rollout_data: Callable, tq) -> Callable:
+    """``PPOTrainer._log_rollout_data`` whose dump also carries :func:`v1_dump_columns`.
+
+    verl sorts the rollouts and calls ``self._dump_generations`` with ``uid`` as the only
+    extra column; for that one call the wrapper shadows ``_dump_generations`` on the
+    instance to add the columns along verl's ``uid`` order (validation dumps, made
+    elsewhere, are left alone).
+    """
+    name = log_rollout_data.__qualname__
+    lost = "this step's rollout dump has only verl's own columns"
+
+    @functools.wraps(log_rollout_data)
+    def wrapper(self, batch, *args, **kwargs):
+        try:
+            by_key = v1_dump_columns(tq, batch)
+        except Exception:
+            _warn_failed(name, lost)
+            return log_rollout_data(self, batch, *args, **kwargs)
+        own = vars(self).get("_dump_generations")
+        dump = self._dump_generations
+
+        def dump_with_columns(*dump_args, **dump_kwargs):
+            try:
+                dump_kwargs["reward_extra_infos_dict"] = with_columns(dump_kwargs["reward_extra_infos_dict"], by_key)
+            except Exception:
+                _warn_failed(name, lost)
+            return dump(*dump_args, **dump_kwargs)
+
+        self._dump_generations = dump_with_columns
+        try:
+            return log_rollout_data(self, batch, *args, **kwargs)
+        finally:
+            if own is None:
+                del self._dump_generations
+            else:
+                self._dump_generations = own
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
 def patch_metric_utils(module) -> None:
     original = module.compute_data_metrics
     if getattr(original, _MARK, False):
@@ -169,6 +275,8 @@ def patch_trainer_base(module) -> None:
     trainer = module.PPOTrainer
     if not getattr(trainer._compute_metrics, _MARK, False):
         trainer._compute_metrics = wrap_v1_compute_metrics(trainer._compute_metrics, module.tq)
+    if not getattr(trainer._log_rollout_data, _MARK, False):
+        trainer._log_rollout_data = wrap_v1_log_rollout_data(trainer._log_rollout_data, module.tq)
 
 
 PATCHES: dict[str, Callable] = {
@@ -183,7 +291,7 @@ def _apply(name: str, module) -> None:
     except Exception:
         logger.warning(
             "perception step metrics: cannot patch %s (verl's internals differ from 0.9.1?); "
-            "training runs without perception/* step metrics",
+            "training runs without its perception/* step metrics or rollout dump columns",
             name,
             exc_info=True,
         )

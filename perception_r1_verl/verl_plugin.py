@@ -1,6 +1,7 @@
 """``verl.plugins`` entry point: ``import verl`` imports this, registers ``perception`` and
-installs the training-step reward metrics (``perception_r1_verl.step_metrics``) and the
-narrow fixes of verl defects (``perception_r1_verl.verl_patches``).
+installs the training-step reward metrics and rollout dump columns
+(``perception_r1_verl.step_metrics``) and the narrow fixes of verl defects
+(``perception_r1_verl.verl_patches``).
 
 verl swallows a plugin's import error (logged at DEBUG) and only fails later with
 "Reward manager is not registered" or "Unknown reward manager"; so the import failure is

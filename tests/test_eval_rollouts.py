@@ -4,7 +4,9 @@ The rows come from this project's converters on the offline sample; the prompts 
 rendered with the Qwen2.5-VL chat template and decoded with ``skip_special_tokens=True``,
 as verl's trainers decode ``prompts`` and ``responses`` before dumping them
 (``verl/trainer/ppo/v1/trainer_base.py`` ``_log_rollout_data``); the scores and components
-are the project's reward, as the ``perception`` reward manager returns them.
+are the project's reward, as the ``perception`` reward manager returns them. The ``run``
+fixture's dumps are plain verl (``uid`` only: matched by text, components recomputed); the
+last tests dump through verl's ``_log_rollout_data`` with this plugin's columns.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 from qwen_fixtures import QWEN_VL_CHAT_TEMPLATE, write_qwen2_5_vl_processor
 
@@ -31,6 +34,7 @@ from perception_r1_verl.eval.cli import main
 from perception_r1_verl.eval.rollouts import rollout_report
 from perception_r1_verl.parsing import render_answer
 from perception_r1_verl.step_metrics import COUNTERS
+from test_verl_plugin import agent_loop_sample, dump_v1_rollouts
 
 UNPARSABLE_GROUNDING = "I cannot find it in the picture."
 UNPARSABLE_COUNTING = "There are quite a few of them."
@@ -40,14 +44,18 @@ def _rows(path):
     return pq.read_table(path).to_pylist()
 
 
-def _decoded_prompt(tokenizer, prompt):
-    """The dumped ``input``: verl's messages (``<image>`` -> an image part), templated,
-    tokenised, then decoded without special tokens."""
+def _prompt_ids(tokenizer, prompt) -> list[int]:
+    """verl's prompt token ids: the messages (``<image>`` -> an image part), templated."""
     messages = [{"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"].replace("<image>", "")}]}
                 for m in prompt]
     text = tokenizer.apply_chat_template(messages, chat_template=QWEN_VL_CHAT_TEMPLATE, add_generation_prompt=True,
                                          tokenize=False)
-    return tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True)
+    return tokenizer(text)["input_ids"]
+
+
+def _decoded_prompt(tokenizer, prompt):
+    """The dumped ``input``: the prompt ids decoded without special tokens."""
+    return tokenizer.decode(_prompt_ids(tokenizer, prompt), skip_special_tokens=True)
 
 
 def _outputs(row, spam: bool) -> list[str]:
@@ -65,12 +73,13 @@ def _outputs(row, spam: bool) -> list[str]:
     return [perfect, repeated if gt["count"] > 1 else perfect, "[]", UNPARSABLE_COUNTING]
 
 
-def _score(row, output):
-    """What the ``perception`` reward manager puts in reward_extra_info for one rollout."""
+def _score(row, output, **settings):
+    """What the ``perception`` reward manager, given reward ``settings``, puts in
+    reward_extra_info for one rollout."""
     info = dict.fromkeys((*rewards.component_keys(), *COUNTERS))
     info.update(dict.fromkeys(COUNTERS, 0.0))
     info.update(rewards.compute_score(row["data_source"], output, row["reward_model"]["ground_truth"],
-                                      extra_info=row["extra_info"]))
+                                      extra_info=row["extra_info"], **settings))
     return info
 
 
@@ -260,3 +269,78 @@ def test_cli_steps_last_and_errors(run, tmp_path, capsys):
     assert main(["rollouts", str(tmp_path / "nothing"), "--data", str(run.ref), "--out", str(out)]) == 2
     assert main(["rollouts", str(run.dump), "--data", str(run.ref), "--out", str(out), "--steps", "5"]) == 2
     assert "error: no {step}.jsonl" in capsys.readouterr().err
+
+
+# A reward override the report cannot know: recomputing with defaults gives other scores.
+SETTINGS = {"iou_shape": "iou_squared"}
+TIMED_OUT = "prompt2_0_0"
+
+
+@pytest.fixture(scope="module")
+def v1(run, tmp_path_factory):
+    """A step dumped by verl's v1 ``_log_rollout_data`` with this plugin's columns, scored
+    with ``SETTINGS``: every rollout of ``run.rows``, a padding sample, and a stray rollout
+    that names row 1's index with another ground truth."""
+    folder = tmp_path_factory.mktemp("v1")
+    eos = run.tokenizer.eos_token_id
+    samples, keys, infos = [], [], {}
+    for i, row in enumerate(run.rows):
+        ids = _prompt_ids(run.tokenizer, row["prompt"])
+        if i == 0:  # a prompt the text match cannot find (a template that rewrites the question)
+            ids = run.tokenizer("user\nWhere is it?\nassistant\n")["input_ids"]
+        for j, output in enumerate(_outputs(row, spam=False)):
+            key = f"prompt{i}_{j}_0"
+            infos[key] = _score(row, output, **SETTINGS)
+            if key == TIMED_OUT:  # what the manager reports for a reward over its time limit
+                infos[key] = dict.fromkeys(infos[key]) | dict.fromkeys(COUNTERS, 0.0) | {"score": 0.0, "reward_timeout": 1.0}
+            samples.append(agent_loop_sample(key, ids, run.tokenizer.encode(output) + [eos], row["data_source"],
+                                             row["reward_model"]["ground_truth"], row["extra_info"], infos[key]))
+            keys.append(key)
+    row = run.rows[1]
+    stray = orjson.loads(row["reward_model"]["ground_truth"]) | {"bbox_2d": [1, 1, 2, 2]}
+    samples.append(agent_loop_sample("stray_0_0", samples[4]["prompts"].tolist(), [eos], row["data_source"],
+                                     orjson.dumps(stray).decode(), row["extra_info"], infos["prompt1_0_0"]))
+    samples.append({**samples[0], "uid": "pad0", "responses": torch.tensor([eos]), "rm_scores": torch.zeros(1)})
+    lines = dump_v1_rollouts(run.tokenizer, samples, [*keys, "stray_0_0", "pad0_0_0"], folder, 5,
+                             padding={"pad0_0_0"})
+    out = folder / "report.html"
+    stats = rollout_report(folder, [run.ref, run.count], out, top_k=100)
+    return SimpleNamespace(lines=lines, infos=infos, stats=stats, html=out.read_text(), n=len(keys))
+
+
+def test_the_v1_dump_carries_the_managers_components(run, v1):
+    components = [k for k in rewards.component_keys() if k != "score"]
+    real = [line for line in v1.lines if not line["is_padding"] and line["uid"] != "stray_0_0"]
+    assert len(real) == v1.n and len(v1.lines) == v1.n + 2
+    keys = (*components, *COUNTERS)
+    for line in real:
+        assert {k: line[k] for k in keys} == {k: v1.infos[line["uid"]][k] for k in keys}
+        i = int(line["uid"].split("_")[0].removeprefix("prompt"))
+        assert (line["data_source"], line["index"], line["task"]) == (
+            run.rows[i]["data_source"], run.rows[i]["extra_info"]["index"], run.rows[i]["extra_info"]["task"])
+
+
+def test_a_v1_dump_with_columns_is_matched_by_index_and_not_recomputed(run, v1):
+    s = v1.stats
+    assert s["rollouts"] == v1.n + 1 and s["padding"] == 1  # the padding sample is left out
+    # Row 0's rewritten prompt too: matched by data_source and index, not by text.
+    assert s["matched"] == s["matched_by_index"] == v1.n
+    assert s["index_misses"] == 1 and s["unmatched_reasons"] == {"ground truth in no row": 1}  # the stray
+    assert s["score_mismatches"] == 0 and s["reward_errors"] == 0 and "recomputed" not in v1.html
+    by_line = {f"5.jsonl:{n}": line for n, line in enumerate(v1.lines, 1)}
+    shifted = 0
+    for task in ("grounding", "counting"):
+        names = rewards.get_reward_cls(task).components
+        for sid in (f"best-{task}", f"worst-{task}"):
+            for where, body in _section(v1.html, sid)[2]:
+                line = by_line[where]
+                expected = " | ".join(f"{k} {line[k]:.3f}" for k in names if line[k] is not None)
+                assert expected in body and f"score {line['score']:.3f}" in body, where
+                default = rewards.compute_score(line["data_source"], line["output"], line["gts"])["score"]
+                shifted += abs(default - line["score"]) > 1e-6
+    assert shifted > 0  # some shown scores are the override's, which recomputation would have lost
+    assert "1 padding samples verl added to fill the batch" in v1.html
+    assert s["reward_timeout"] == 1 and s["reward_error"] == 0
+    [timed_out] = [body for where, body in _section(v1.html, "worst-grounding")[2] if by_line[where]["uid"] == TIMED_OUT]
+    assert "scored 0 in training: reward_timeout" in timed_out and "no components" in timed_out
+    assert "1 rollouts whose dumped data_source and index name no row" in v1.html

@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -381,16 +383,57 @@ def test_the_legacy_trainer_step_metrics_get_every_component(tokenizer, reward_l
 
 
 class FakeTransferQueue:
-    """``kv_batch_get`` over a TensorDict built as verl's v1 agent loop puts samples."""
+    """``kv_batch_get`` over samples as verl's v1 agent loop puts them: the selected fields
+    of ``keys``, in that order, as one TensorDict (ragged token ids as nested tensors)."""
 
     def __init__(self, samples, keys):
-        from verl.utils.tensordict_utils import list_of_dict_to_tensordict
-
-        self.data, self.keys = list_of_dict_to_tensordict(samples), keys
+        self.samples = dict(zip(keys, samples, strict=True))
 
     def kv_batch_get(self, keys, partition_id, select_fields):
+        from verl.utils.tensordict_utils import list_of_dict_to_tensordict
+
         assert partition_id == "train"
-        return self.data.select(*select_fields)[[self.keys.index(key) for key in keys]]
+        return list_of_dict_to_tensordict([{f: self.samples[key][f] for f in select_fields} for key in keys])
+
+
+def agent_loop_sample(key, prompt_ids, response_ids, data_source, ground_truth, extra_info, info) -> dict:
+    """Sample ``key`` as ``AgentLoopWorkerTQ._agent_loop_postprocess`` puts it: the agent
+    loop's output (the score on the last response token, ``reward_extra_info`` in
+    ``extra_fields``) updated with the dataset row's fields (``uid``: the prompt's)."""
+    rm_scores = torch.zeros(len(response_ids))
+    rm_scores[-1] = info["score"]
+    return {
+        "uid": key.rsplit("_", 2)[0],
+        "prompts": torch.tensor(prompt_ids),
+        "responses": torch.tensor(response_ids),
+        "rm_scores": rm_scores,
+        "extra_fields": {"reward_extra_info": info, "min_global_steps": 1, "max_global_steps": 1},
+        "data_source": data_source,
+        "reward_model": {"ground_truth": ground_truth},
+        "extra_info": extra_info,
+    }
+
+
+def dump_v1_rollouts(tokenizer, samples, keys, folder, step, padding=()) -> list[dict]:
+    """The lines of ``{step}.jsonl`` that verl's v1 ``PPOTrainer._log_rollout_data``, as
+    ``import verl`` installed it, dumps for the batch ``keys`` (the ones in ``padding``
+    tagged as verl's padding samples), reading ``samples`` from a fake TransferQueue."""
+    import transfer_queue
+    from transfer_queue import KVBatchMeta
+    from verl.trainer.ppo.v1 import get_trainer_cls
+
+    trainer_cls = get_trainer_cls("sync")  # trainer.v1.trainer_mode's default; no mode overrides the dump
+    trainer = trainer_cls.__new__(trainer_cls)  # no __init__: the dump needs only these
+    trainer.tokenizer, trainer.global_steps = tokenizer, step
+    trainer._init_dump_executor()
+    tags = [{"is_padding": True} if key in padding else {} for key in keys]
+    batch = KVBatchMeta(keys=keys, tags=tags, partition_id="train")
+    # verl's trainer and the wrapper both call transfer_queue.kv_batch_get.
+    with mock.patch.object(transfer_queue, "kv_batch_get", FakeTransferQueue(samples, keys).kv_batch_get):
+        trainer._log_rollout_data(batch, {}, str(folder))
+    trainer._shutdown_dump_executor()
+    assert "_dump_generations" not in vars(trainer)  # shadowed for that one call only
+    return [json.loads(line) for line in (Path(folder) / f"{step}.jsonl").read_text().splitlines()]
 
 
 def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokenizer):
@@ -400,16 +443,12 @@ def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokeniz
 
     rows = [*mixed_task_rows(), grounding_row(BOX_ANSWER, index=9)]
     infos = [result["reward_extra_info"] for result in score_rows(make_manager(tokenizer), tokenizer, rows)]
-    # AgentLoopWorkerTQ._agent_loop_postprocess: one field dict per sample, reward info in extra_fields.
-    samples = [
-        {
-            "data_source": row["data_source"],
-            "extra_fields": {"reward_extra_info": info, "min_global_steps": 1, "max_global_steps": 1},
-            "responses": torch.tensor(tokenizer.encode(row["response"])),
-        }
-        for row, info in zip(rows, infos)
-    ]
     keys = [f"uid{i}_0_0" for i in range(len(rows))]
+    samples = [
+        agent_loop_sample(key, [1], tokenizer.encode(row["response"]), row["data_source"], row["ground_truth"],
+                          row["extra_info"], info)
+        for key, row, info in zip(keys, rows, infos)
+    ]
     # The last sample is the padding copy upsample_batch_to_divisible_size adds: left out.
     batch = KVBatchMeta(keys=keys, tags=[{}] * (len(rows) - 1) + [{"is_padding": True}], partition_id="train")
 
@@ -425,6 +464,69 @@ def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokeniz
         assert metrics[f"perception/{key}/mean"] == pytest.approx(expected_means(rows, infos, key)), key
     assert metrics["perception/grounding/iou/mean"] == 0.5 * (1.0 + 0.5)  # the padding copy's IoU 1 is left out
     assert metrics["perception/detection/reward_error/mean"] == pytest.approx(1 / 3)
+
+
+VERL_DUMP_KEYS = {"input", "output", "gts", "score", "step", "uid"}
+
+
+def rollout_batch(tokenizer, rows, infos):
+    """The rows as GRPO groups of two in a v1 batch, then a padding sample; ``keys[i]`` is
+    the key of ``rows[i]``."""
+    # Keys {prompt uid}_{session}_{output}; verl sorts the session as a number, so the
+    # batch order (session 10 before 2) is not the dump's.
+    keys = [f"p{i // 2}_{(10, 2)[i % 2]}_0" for i in range(len(rows))]
+    samples = [
+        agent_loop_sample(key, tokenizer.encode(f"Question {key}"), tokenizer.encode(row["response"]),
+                          row["data_source"], row["ground_truth"], row["extra_info"], info)
+        for key, row, info in zip(keys, rows, infos)
+    ]
+    # upsample_batch_to_divisible_size: a copy of a real sample, rm_scores zeroed, an eos response.
+    pad = {**samples[0], "uid": "pad0", "responses": torch.tensor([tokenizer.eos_token_id]), "rm_scores": torch.zeros(1)}
+    return [*samples, pad], [*keys, "pad0_0_0"]
+
+
+def test_the_v1_rollout_dump_carries_the_managers_components_in_verls_order(tokenizer, tmp_path):
+    from perception_r1_verl import step_metrics
+
+    rows = mixed_task_rows()
+    infos = [result["reward_extra_info"] for result in score_rows(make_manager(tokenizer), tokenizer, rows)]
+    samples, keys = rollout_batch(tokenizer, rows, infos)
+    lines = dump_v1_rollouts(tokenizer, samples, keys, tmp_path, step=3, padding={"pad0_0_0"})
+
+    added = {"data_source", "index", "task", "is_padding", *step_metrics.metric_keys()}
+    assert all(set(line) == VERL_DUMP_KEYS | added for line in lines)
+    uids = [line["uid"] for line in lines]
+    assert sorted(uids) == sorted(keys) and uids != keys  # verl reordered the batch
+    assert uids.index("p0_2_0") < uids.index("p0_10_0")  # ... by session number
+    by_key = dict(zip(keys, zip(rows, infos, strict=False), strict=False))
+    for line in lines:
+        if line["uid"] == "pad0_0_0":
+            assert line["is_padding"] is True and line["score"] == 0.0 and line["output"] == ""
+            assert all(line[k] is None for k in added - {"is_padding", "score"})
+            continue
+        row, info = by_key[line["uid"]]
+        # The line's text is verl's, its columns are the manager's for that very sample.
+        assert line["output"] == tokenizer.decode(tokenizer.encode(row["response"]), skip_special_tokens=True)
+        assert {k: line[k] for k in info if k != "score"} == {k: v for k, v in info.items() if k != "score"}
+        assert line["score"] == pytest.approx(info["score"])  # verl's own column, the summed rm_scores
+        assert (line["data_source"], line["index"], line["task"], line["is_padding"]) == (
+            row["data_source"], row["extra_info"]["index"], row["extra_info"]["task"], False)
+    iou = {line["uid"]: line["iou"] for line in lines}
+    assert iou["p0_10_0"] == 1.0 and iou["p0_2_0"] == pytest.approx(0.5) and iou["p1_2_0"] is None  # detection
+
+
+def test_a_failing_dump_wrapper_warns_and_verl_dumps_its_own_columns(tokenizer, tmp_path, caplog, monkeypatch):
+    from perception_r1_verl import step_metrics
+
+    monkeypatch.setattr(step_metrics, "_failed", set())
+    rows = mixed_task_rows()[:2]
+    samples, keys = rollout_batch(tokenizer, rows, [{"score": 1.0}, {"score": 0.5}])
+    for sample in samples:
+        del sample["extra_info"]  # a verl whose TransferQueue lacks a field the wrapper reads
+    with caplog.at_level(logging.WARNING):
+        lines = dump_v1_rollouts(tokenizer, samples, keys, tmp_path, step=1)
+    assert [set(line) for line in lines] == [VERL_DUMP_KEYS] * 3
+    assert "PPOTrainer._log_rollout_data failed; this step's rollout dump has only verl's own columns" in caplog.text
 
 
 def test_a_failing_step_metric_warns_and_keeps_verls_metrics(caplog):
@@ -457,7 +559,8 @@ PATCHED = (
     "from verl.trainer.ppo.v1 import trainer_base\n"
     "import transfer_queue\n"
     "patched = [getattr(f, '_perception_step_metrics', False) for f in (\n"
-    "    trainer_base.PPOTrainer._compute_metrics, ray_trainer.compute_data_metrics, trainer_base.compute_data_metrics)]\n"
+    "    trainer_base.PPOTrainer._compute_metrics, trainer_base.PPOTrainer._log_rollout_data,\n"
+    "    ray_trainer.compute_data_metrics, trainer_base.compute_data_metrics)]\n"
     "print(patched)\n"
 )
 
@@ -467,11 +570,13 @@ def test_a_fresh_import_verl_patches_the_functions_the_trainers_call():
 
     from verl.trainer.ppo.v1 import trainer_base
 
-    # fit() calls self._compute_metrics; both trainers call compute_data_metrics by its module name.
-    assert "self._compute_metrics(batch, metrics" in inspect.getsource(trainer_base.PPOTrainer.fit)
+    # fit() calls self._compute_metrics and self._log_rollout_data; both trainers call
+    # compute_data_metrics by its module name.
+    fit = inspect.getsource(trainer_base.PPOTrainer.fit)
+    assert "self._compute_metrics(batch, metrics" in fit and "self._log_rollout_data(batch" in fit
     result = run_python(PATCHED)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[True, True, True]", result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[True, True, True, True]", result.stderr
     assert "perception step metrics" not in result.stderr, result.stderr
 
 
@@ -481,4 +586,4 @@ def test_perception_step_metrics_0_opts_out_and_a_late_install_patches_loaded_tr
     late += "step_metrics.install()\n" + PATCHED.split("\n", 4)[-1]  # re-check after installing
     result = subprocess.run([sys.executable, "-c", PATCHED + late], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-2:] == ["[False, False, False]", "[True, True, True]"]
+    assert result.stdout.strip().splitlines()[-2:] == ["[False, False, False, False]", "[True, True, True, True]"]

@@ -139,7 +139,8 @@ def _rollouts(args) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for key in ("bad_lines", "unmatched", "ambiguous", "missing_images", "reward_errors", "score_mismatches"):
+    for key in ("bad_lines", "unmatched", "ambiguous", "index_misses", "missing_images", "reward_errors",
+                "reward_timeout", "reward_error", "score_mismatches"):
         if stats[key]:
             print(f"warning: {stats[key]} {key.replace('_', ' ')} (listed in the report)", file=sys.stderr)
     if stats["missing_steps"]:

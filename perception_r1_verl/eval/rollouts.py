@@ -11,17 +11,24 @@ training step (there is no frequency setting), one line per rollout, via
   token-level reward) and ``step``;
 - the v1 trainer (``trainer.use_v1=true``, verl's default and the recipes' choice) adds
   only ``uid`` (``{prompt uuid}_{session}_{output}``: the rollouts of one prompt share the
-  first part); the legacy trainer adds every ``reward_extra_info`` column instead, which
-  with the ``perception`` reward manager is every reward component.
+  first part), and this plugin's wrapper (:mod:`perception_r1_verl.step_metrics`) adds
+  ``data_source``, ``index`` and ``task`` of the row, ``is_padding`` and every
+  ``reward_extra_info`` key: each reward component as the manager computed it (``None``
+  where it does not apply) and the counters ``reward_timeout``/``reward_error``;
+- the legacy trainer adds every ``reward_extra_info`` column, but no index.
 
-Neither dumps the row index or the image, so a rollout is matched to its parquet row by
-its ground truth (compared as parsed JSON) and its prompt (every message text of the row,
+A rollout with a dumped ``index`` is matched to the row of that ``data_source`` and
+``extra_info.index`` whose ground truth equals the dumped one. Otherwise (a plain verl
+dump, or an index that names no row with that ground truth, counted) it is matched by its
+ground truth (compared as parsed JSON) and its prompt (every message text of the row,
 ``<image>`` removed and whitespace collapsed, must occur in ``input``). A rollout that
 matches no row, or several different rows, is counted; unmatched ones are listed apart.
-Components come from the dump when it has them, else they are recomputed from ``output``
-with :func:`perception_r1_verl.rewards.compute_score` (default reward settings; the format
-of Qwen2-VL rows is recomputed accepting any style, since the dump lost the box tokens),
-and a recomputed score that differs from the dumped one is counted.
+verl's padding samples (``is_padding``) are counted and left out. Components come from the
+dump when it has them, else they are recomputed from ``output`` with
+:func:`perception_r1_verl.rewards.compute_score` (default reward settings, so overridden
+reward kwargs are not seen; the format of Qwen2-VL rows is recomputed accepting any style,
+since the dump lost the box tokens), and a recomputed score that differs from the dumped
+one is counted.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -40,6 +48,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from .. import rewards
+from ..step_metrics import COUNTERS
 from ..boxes import pairwise_iou_giou
 from ..parsing import Answer, parse_answer
 from ..prompts import IMAGE_TOKEN
@@ -77,6 +86,10 @@ class Rollout:
     score: float
     uid: str | None
     dumped: dict | None  # the dump's reward components (None: the dump has none)
+    data_source: str | None = None  # the row's, when the dump has them
+    index: str | None = None
+    padding: bool = False  # one of verl's no-op samples that fill up the batch
+    counters: tuple = ()  # the manager's counters set for it: reward_timeout, reward_error
     data: int | None = None  # which --data file matched, and its row
     row: int | None = None
     unmatched: str | None = None  # why no row matched
@@ -138,8 +151,12 @@ def parse_line(line: bytes, step: int, n: int, where: str) -> Rollout | None:
     """A :class:`Rollout` from one dump line, None when the line is not a rollout.
 
     >>> r = parse_line(b'{"input": "p", "output": "o", "gts": "{}", "score": 1.5, "step": 2, "uid": "a_0_0"}', 2, 1, "2.jsonl:1")
-    >>> r.score, r.uid, r.dumped
-    (1.5, 'a_0_0', None)
+    >>> r.score, r.uid, r.dumped, r.index
+    (1.5, 'a_0_0', None, None)
+    >>> r = parse_line(b'{"input": "p", "output": "o", "score": 0, "data_source": "refcoco", "index": 7, "iou": 0, "f1": null, '
+    ...                b'"reward_timeout": 1.0, "reward_error": 0.0}', 2, 1, "")
+    >>> r.data_source, r.index, r.dumped, r.counters
+    ('refcoco', '7', {'iou': 0.0}, ('reward_timeout',))
     >>> parse_line(b'{"input": "p", "output": "o", "score": "NaN"}', 2, 2, "2.jsonl:2") is None
     True
     """
@@ -153,9 +170,12 @@ def parse_line(line: bytes, step: int, n: int, where: str) -> Rollout | None:
     dumped = None
     if any(k in obj for k in _COMPONENTS):  # the legacy trainer's reward_extra_info columns
         dumped = {k: float(obj[k]) for k in _COMPONENTS if _number(obj.get(k))}
-    uid = obj.get("uid", obj.get("request_id"))
+    uid, index = obj.get("uid", obj.get("request_id")), obj.get("index")
+    source = obj.get("data_source")
     return Rollout(step, n, where, obj["input"], obj["output"], obj.get("gts"), float(obj["score"]),
-                   None if uid is None else str(uid), dumped)
+                   None if uid is None else str(uid), dumped, source if isinstance(source, str) else None,
+                   None if index is None else str(index), obj.get("is_padding") is True,
+                   tuple(k for k in COUNTERS if _number(obj.get(k)) and obj[k] > 0))
 
 
 def read_dump(path: Path, step: int) -> tuple[list[Rollout], list[str]]:
@@ -224,12 +244,22 @@ class _Row:
     parts: tuple
 
 
+class Match(NamedTuple):
+    row: _Row | None
+    reason: str | None  # why no row matched
+    ambiguous: bool = False  # several different rows matched
+    by_index: bool = False  # matched by the dumped data_source and index
+    index_miss: bool = False  # the dump's index named no row with its ground truth
+
+
 class TrainRows:
-    """The rows of one or more training parquets, looked up by ground truth and prompt."""
+    """The rows of one or more training parquets, looked up by the dumped ``data_source``
+    and ``index``, or by ground truth and prompt."""
 
     def __init__(self, paths):
         self.paths = [Path(p) for p in paths]
         self.by_truth: dict[str, list[_Row]] = {}
+        self.by_index: dict[tuple[str, str], list[_Row]] = {}
         self.bad_rows: list[str] = []
         for d, path in enumerate(self.paths):
             columns = ("data_source", "prompt", "reward_model", "extra_info")
@@ -248,24 +278,34 @@ class TrainRows:
                     self.bad_rows.append(f"{path.name} row {row}: ground truth is not a JSON object")
                     continue
                 sample = Sample(row, str(extra_info.get("index", row)), task, source or "", gt, extra_info)
-                self.by_truth.setdefault(truth_key(gt), []).append(_Row(d, sample, tuple(prompt_parts(prompt))))
+                entry = _Row(d, sample, tuple(prompt_parts(prompt)))
+                self.by_truth.setdefault(truth_key(gt), []).append(entry)
+                if extra_info.get("index") is not None:  # the fallback row number is not what verl dumps
+                    self.by_index.setdefault((source or "", sample.index), []).append(entry)
 
-    def match(self, rollout: Rollout) -> tuple[_Row | None, str | None, bool]:
-        """The row of ``rollout``, why none matched, and whether several different rows did."""
+    def match(self, rollout: Rollout) -> Match:
+        """The row of ``rollout``: by its dumped index when that row has its ground truth,
+        else by ground truth and prompt."""
         key = truth_key(rollout.gts)
         if key is None:
-            return None, "no ground truth in the dump", False
+            return Match(None, "no ground truth in the dump")
+        miss = rollout.index is not None and rollout.data_source is not None
+        if miss:
+            hits = [r for r in self.by_index.get((rollout.data_source, rollout.index), ())
+                    if truth_key(r.sample.ground_truth) == key]
+            if hits:
+                return Match(hits[0], None, len(hits) > 1, by_index=True)
         candidates = self.by_truth.get(key)
         if not candidates:
-            return None, "ground truth in no row", False
+            return Match(None, "ground truth in no row", index_miss=miss)
         text = _squash(rollout.input)
         hits = [r for r in candidates if r.parts and all(p in text for p in r.parts)]
         if not hits:
-            return None, "ground truth found, prompt differs", False
+            return Match(None, "ground truth found, prompt differs", index_miss=miss)
         # The most specific prompt wins (a row whose text contains another row's).
         best = max(hits, key=lambda r: sum(map(len, r.parts)))
         same = [r for r in hits if r.parts == best.parts]
-        return best, None, len(same) > 1
+        return Match(best, None, len(same) > 1, index_miss=miss)
 
 
 # ---------------------------------------------------------------- judging a rollout
@@ -442,6 +482,7 @@ def _case(r: Rollout, samples: dict, pictures: _Pictures) -> str:
     head = [r.where, f"score {r.score:.3f}"]
     if r.uid:
         head.append(f"uid {r.uid}")
+    head += [f"scored 0 in training: {k}" for k in r.counters]
     parts = [f'<div class="case" data-where="{html.escape(r.where)}">']
     if r.row is None:
         parts.append(f'<div class="meta">{html.escape(" | ".join(head))}</div>')
@@ -509,8 +550,13 @@ def _problems(stats: dict) -> str:
     items = [f"{stats[k]} {text}" for k, text in (
         ("bad_lines", "unreadable dump lines"), ("unmatched", "rollouts matched no row"),
         ("ambiguous", "rollouts matched several rows with the same ground truth and prompt (the first is drawn)"),
+        ("index_misses", "rollouts whose dumped data_source and index name no row with their ground truth (other "
+                         "--data than the training run's?); matched by ground truth and prompt instead"),
+        ("padding", "padding samples verl added to fill the batch, left out"),
         ("missing_images", "rows drawn without their image (missing or unreadable)"),
         ("reward_errors", "rollouts whose components could not be recomputed"),
+        ("reward_timeout", "rollouts the reward manager scored 0 because the reward timed out in training"),
+        ("reward_error", "rollouts the reward manager scored 0 because the reward raised in training (a data error?)"),
         ("score_mismatches", "recomputed scores differ from the dumped score (other reward settings, or text "
                              "lost in decoding)"),
         ("bad_rows", "parquet rows skipped (bad ground truth or unknown task)"),
@@ -542,15 +588,21 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
         bad += bad_here
     reasons: Counter = Counter()
     samples = {}
-    for rollouts in by_step.values():
+    for step, rollouts in by_step.items():
+        counts["padding"] += sum(r.padding for r in rollouts)
+        counts.update(k for r in rollouts if not r.padding for k in r.counters)
+        by_step[step] = rollouts = [r for r in rollouts if not r.padding]
         for r in rollouts:
-            row, r.unmatched, ambiguous = rows.match(r)
-            if row is None:
+            match = rows.match(r)
+            r.unmatched = match.reason
+            counts["ambiguous"] += match.ambiguous
+            counts["index_misses"] += match.index_miss
+            if match.row is None:
                 reasons[r.unmatched] += 1
                 continue
-            counts["ambiguous"] += ambiguous
-            samples[(row.data, row.sample.row)] = row.sample
-            analyse(r, row, counts)
+            counts["matched_by_index"] += match.by_index
+            samples[(match.row.data, match.row.sample.row)] = match.row.sample
+            analyse(r, match.row, counts)
     everything = [r for rs in by_step.values() for r in rs]
     parts = sections(everything, top_k)
     shown = list({id(r): r for *_, picks in parts for r in picks}.values())
@@ -565,7 +617,8 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
         "matched": sum(r.row is not None for r in everything), "unmatched": sum(reasons.values()),
         "unmatched_reasons": dict(reasons), "bad_lines": len(bad), "bad_line_examples": bad[:20],
         "bad_rows": len(rows.bad_rows), "skipped_files": len(other),
-        **{k: counts[k] for k in ("ambiguous", "missing_images", "reward_errors", "score_mismatches")},
+        **{k: counts[k] for k in ("matched_by_index", "index_misses", "padding", "ambiguous", "missing_images",
+                                  "reward_errors", "score_mismatches", *COUNTERS)},
         "sections": {sid: total for sid, _, _, total, _ in parts},
     }
     nav = "".join(f"<a href='#{sid}'>{html.escape(title)} ({total})</a>" for sid, title, _, total, _ in parts)
@@ -573,7 +626,8 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
               '<span style="color:#e00">rollout</span></p>')
     body = [f"<h1>Rollouts: {html.escape(str(dump_dir))}</h1>",
             f"<p>{stats['rollouts']} rollouts of steps {', '.join(map(str, chosen))}; {stats['matched']} matched to "
-            f"a row of {html.escape(', '.join(p.name for p in rows.paths))}.</p>",
+            f"a row of {html.escape(', '.join(p.name for p in rows.paths))} ({stats['matched_by_index']} by their "
+            f"dumped index, the others by ground truth and prompt).</p>",
             f"<nav>{nav}</nav><h2>Per step</h2>{_summary_table(by_step)}",
             f"<h2>Problems</h2>{_problems(stats)}", legend, *body_sections]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
