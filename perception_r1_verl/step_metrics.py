@@ -36,7 +36,6 @@ stops training.
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import logging
 import os
 import sys
@@ -44,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 from perception_r1_verl import rewards
+from perception_r1_verl.import_hooks import on_import
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,8 @@ PATCHES: dict[str, Callable] = {
 }
 
 
-def _apply(name: str, module) -> None:
+def _apply(module) -> None:
+    name = module.__name__
     try:
         PATCHES[name](module)
     except Exception:
@@ -297,39 +298,10 @@ def _apply(name: str, module) -> None:
         )
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patches a module of ``PATCHES`` right after it executes, before any importer binds names."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in PATCHES:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def exec_and_patch(module):
-            exec_module(module)
-            _apply(name, module)
-
-        spec.loader.exec_module = exec_and_patch  # a fresh loader per spec: only this import sees it
-        return spec
-
-
 def install() -> bool:
     """Install the wrappers (now, or when verl imports their modules); ``False`` if opted out."""
     if os.getenv(ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}:
         return False
     for name in PATCHES:
-        if name in sys.modules:
-            _apply(name, sys.modules[name])
-    if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _PatchOnImport())
+        on_import(name, _apply)
     return True

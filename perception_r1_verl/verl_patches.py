@@ -24,11 +24,11 @@ Qwen3-VL's copy of the dummy branch already do); everything else is verl's code.
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import logging
 import os
-import sys
 from collections.abc import Callable
+
+from perception_r1_verl.import_hooks import on_import
 
 logger = logging.getLogger(__name__)
 
@@ -120,44 +120,6 @@ def _apply(module) -> None:
         )
         return
     logger.debug("perception-r1-verl: %s: %s", name, outcome)
-
-
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Runs the patches of a module right after it executes, before any importer uses it."""
-
-    def __init__(self):
-        self.patches: dict[str, list[Callable]] = {}
-
-    def find_spec(self, name, path=None, target=None):
-        if name not in self.patches:
-            return None
-        others = (f for f in sys.meta_path if f is not self and hasattr(f, "find_spec"))
-        spec = next((s for f in others if (s := f.find_spec(name, path, target)) is not None), None)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        execute = spec.loader.exec_module
-
-        def execute_and_patch(module):
-            execute(module)
-            for patch in self.patches[name]:
-                patch(module)
-
-        spec.loader.exec_module = execute_and_patch  # this spec's loader only: one import
-        return spec
-
-
-_finder = _PatchOnImport()
-
-
-def on_import(name: str, patch: Callable) -> None:
-    """Call ``patch(module)`` on module ``name`` now if it is imported, and whenever it is
-    (re)executed by an import; ``patch`` must be idempotent and handle its own errors."""
-    if not any(finder is _finder for finder in sys.meta_path):
-        sys.meta_path.insert(0, _finder)
-    if patch not in _finder.patches.setdefault(name, []):
-        _finder.patches[name].append(patch)
-    if name in sys.modules:
-        patch(sys.modules[name])
 
 
 def install() -> bool:

@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from perception_r1_verl import verl_patches
+from perception_r1_verl import import_hooks, verl_patches
 
 IMAGE_TOKEN = 250
 # A 1x4x4 patch grid: 16 patches, 4 image tokens after the 2x2 merge.
@@ -164,12 +164,12 @@ def test_on_import_patches_a_module_when_it_executes_and_at_once_when_already_im
         seen.append(module.VALUE)
         module.VALUE = 2
 
-    verl_patches.on_import("pr1_patch_target", patch)
+    import_hooks.on_import("pr1_patch_target", patch)
     assert seen == []  # not imported yet
     import pr1_patch_target
 
     assert seen == [1] and pr1_patch_target.VALUE == 2  # patched before the importer saw it
-    verl_patches.on_import("pr1_patch_target", patch)  # already imported: at once, registered once
-    assert seen == [1, 2] and verl_patches._finder.patches["pr1_patch_target"] == [patch]
+    import_hooks.on_import("pr1_patch_target", patch)  # already imported: at once, registered once
+    assert seen == [1, 2] and import_hooks._finder.patches["pr1_patch_target"] == [patch]
     monkeypatch.delitem(sys.modules, "pr1_patch_target")
-    del verl_patches._finder.patches["pr1_patch_target"]
+    del import_hooks._finder.patches["pr1_patch_target"]

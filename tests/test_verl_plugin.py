@@ -549,7 +549,7 @@ def test_an_unexpected_verl_module_is_not_patched_and_warns(caplog):
     from perception_r1_verl import step_metrics
 
     with caplog.at_level(logging.WARNING):
-        step_metrics._apply("verl.trainer.ppo.v1.trainer_base", SimpleNamespace())
+        step_metrics._apply(SimpleNamespace(__name__="verl.trainer.ppo.v1.trainer_base"))
     assert "cannot patch verl.trainer.ppo.v1.trainer_base" in caplog.text
 
 
