@@ -10,14 +10,10 @@ from scipy.optimize import linear_sum_assignment
 
 from ..boxes import pairwise_iou_giou, to_cxcywh
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
+from ..labels import normalise_label
 from ..parsing import distinct_boxes, parse_answer
 from .format import format_score
 from .registry import register
-
-
-def normalise_label(label) -> str:
-    """Labels compare case- and space-insensitively: ``" Traffic  light"`` is ``"traffic light"``."""
-    return " ".join(label.lower().split()) if isinstance(label, str) else ""
 
 
 def _label_id(names: dict, label) -> int:
@@ -59,7 +55,8 @@ class DetectionReward:
     - a box repeated with the same coordinates (after clipping) is matched once, with the
       label of its first occurrence; the repeats are false positives, so repeating a box
       never raises the score (a box repeated in the ground truth is likewise one object);
-    - a label outside the prompt's ``categories`` (or missing) can still match a box for
+    - labels compare by :func:`perception_r1_verl.labels.normalise_label`, as in the
+      COCO evaluation; a label outside the prompt's ``categories`` (or missing) can still match a box for
       localisation but is never label-correct; ``unknown_labels`` logs their share;
     - an unparsable completion scores 0 on every accuracy component.
 
