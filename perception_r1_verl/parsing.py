@@ -7,6 +7,8 @@ Accepted answer styles (``Answer.style``):
   boxes;
 - ``box_tokens``: Qwen2-VL ``<|object_ref_start|>cat<|object_ref_end|><|box_start|>(x1,y1),
   (x2,y2)<|box_end|>``, and ``<|box_start|>(x,y)<|box_end|>`` for a point;
+- ``ref_box``: the same in Qwen-VL's tags, ``<ref>cat</ref><box>(x1,y1),(x2,y2)</box>``;
+  in both, a box takes the label of the last ref before it;
 - ``plain``: ``[x1, y1, x2, y2]`` or ``(x1,y1),(x2,y2)`` inside other text (the latter is
   what Qwen2-VL box tokens become when a decoder drops special tokens).
 
@@ -19,9 +21,10 @@ the fast path. Anything else that holds ``{`` goes to a scanner that finds every
 ``{...}`` (string- and nesting-aware) and parses each alone, repairing trailing commas and
 Python literals (single quotes, ``True``/``None``) only when strict parsing fails: JSON
 after or before prose, a stray brace or a broken object in a long list, objects with
-nested values. What the scanner reads keeps its boxes and labels but is marked
-``repaired``, which the format reward does not pay. A completion cut off at the length
-limit keeps its complete objects and is marked ``truncated``. Parsing never raises.
+nested values; coordinates written as strings are read too. What needed a repair keeps
+its boxes and labels but is marked ``repaired``, which the format reward does not pay. A
+completion cut off at the length limit keeps its complete objects and is marked
+``truncated``. Parsing never raises.
 """
 
 from __future__ import annotations
@@ -41,14 +44,26 @@ MAX_ITEMS = 1000  # more objects than any image holds: the rest is spam and is o
 # Special tokens that end a Qwen-VL turn, kept by callers that decode with special tokens.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 _NUM = r"-?\d+(?:\.\d+)?"
+_NUMBER = re.compile(_NUM)
+_NUMBERS_ONLY = re.compile(rf"\s*{_NUM}(?:\s*[,\s]\s*{_NUM})*\s*")
 _THINK = re.compile(r"\s*<think>.*?</think>\s*", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S)
 _FENCE_OPEN = re.compile(r"```[a-zA-Z]*")
-_BOX_TOKEN = re.compile(
-    r"(?:<\|object_ref_start\|>(.*?)<\|object_ref_end\|>\s*)?"
-    rf"<\|box_start\|>\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)(?:\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\))?\s*<\|box_end\|>",
-    re.S,
-)
+
+
+def _tag_syntax(ref_open: str, ref_close: str, box_open: str, box_close: str) -> tuple[re.Pattern, str, str]:
+    """A ref-or-box tokenizer for one tag syntax, with its box open and close tags."""
+    r, b = re.escape(ref_open), re.escape(box_open)
+    pair = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+    pattern = rf"{r}(.*?){re.escape(ref_close)}|{b}\s*{pair}(?:\s*,\s*{pair})?\s*{re.escape(box_close)}"
+    return re.compile(pattern, re.S), box_open, box_close
+
+
+# Qwen2-VL's special tokens, and the Qwen-VL tags they replaced (still what its checkpoints write).
+_TAG_STYLES = {
+    "box_tokens": _tag_syntax("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"),
+    "ref_box": _tag_syntax("<ref>", "</ref>", "<box>", "</box>"),
+}
 _PLAIN_BOX = re.compile(
     rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
     rf"|\(\s*({_NUM})\s*,\s*({_NUM})\s*\)\s*,\s*\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
@@ -103,6 +118,20 @@ def _box(v):
     return None
 
 
+def _numbers_in_strings(v: list) -> list | None:
+    """Coordinates written as strings, ``["38", "314"]`` or ``["243, 291"]``, as numbers;
+    None when some string is not just numbers."""
+    out = []
+    for x in v:
+        if type(x) is str:
+            if not _NUMBERS_ONLY.fullmatch(x):
+                return None
+            out += [float(n) for n in _NUMBER.findall(x)]
+        else:
+            out.append(x)
+    return out
+
+
 def valid_text(text: str) -> str:
     """``text`` with lone surrogates (which no encoder accepts) replaced by U+FFFD.
 
@@ -117,17 +146,27 @@ def valid_text(text: str) -> str:
 class _Collector:
     """Accumulates items into an Answer; one place for the validity rules."""
 
-    __slots__ = ("boxes", "labels", "points", "n_items", "n_invalid")
+    __slots__ = ("boxes", "labels", "points", "n_items", "n_invalid", "repaired")
 
     def __init__(self):
         self.boxes, self.labels, self.points = [], [], []
         self.n_items = self.n_invalid = 0
+        self.repaired = False
+
+    def _coords(self, v):
+        """``v``, or its numbers when they are written as strings (a repair)."""
+        if type(v) is list and any(type(x) is str for x in v):
+            fixed = _numbers_in_strings(v)
+            if fixed is not None:
+                self.repaired = True
+                return fixed
+        return v
 
     def add_box(self, box, label=None):
         self.n_items += 1
         if self.n_items > MAX_ITEMS:
             return  # counted as invalid in into()
-        box = _box(box)
+        box = _box(self._coords(box))
         if box is None:
             self.n_invalid += 1
         else:
@@ -138,6 +177,7 @@ class _Collector:
         self.n_items += 1
         if self.n_items > MAX_ITEMS:
             return
+        point = self._coords(point)
         if type(point) is list and len(point) == 2 and all(map(_number, point)):
             self.points.append(point)
         else:
@@ -158,6 +198,7 @@ class _Collector:
         # Items past MAX_ITEMS are spam: counted as emitted and as invalid.
         answer.n_items = self.n_items
         answer.n_invalid = self.n_invalid + max(0, self.n_items - MAX_ITEMS)
+        answer.repaired = answer.repaired or self.repaired
         if self.boxes:
             answer.boxes = np.array(self.boxes, dtype=np.float64)
             answer.labels = self.labels
@@ -308,6 +349,8 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
         stop = min(starts[i] if i < len(starts) else len(body), open_braces[broken[n + 1]] if n + 1 < len(broken) else len(body))
         closers = "}" * (bisect.bisect_left(open_braces, stop) - k)
         segment = body[p:stop].rstrip().rstrip(",")
+        if not segment[1:].strip():
+            continue  # a lone "{" typed before the next object: a typo, not an item
         obj = _lenient(segment + closers)
         if obj is None and segment.endswith("]"):  # the "]" that closes the list
             obj = _lenient(segment[:-1].rstrip().rstrip(",") + closers)
@@ -327,21 +370,26 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
     return True
 
 
-def _parse_box_tokens(body: str, answer: Answer) -> None:
+def _parse_tags(body: str, answer: Answer, style: str) -> None:
+    """Boxes (and points: one pair) in ``style``'s tags; each takes the label of the last
+    ref before it, as in Qwen-VL's ``<ref>two apples</ref><box>...</box><box>...</box>``."""
+    tokens, box_open, box_close = _TAG_STYLES[style]
     col = _Collector()
-    n_starts = body.count("<|box_start|>")
-    for m in _BOX_TOKEN.finditer(body):
-        label, x1, y1, x2, y2 = m.groups()
-        if x2 is None:
+    label = None
+    for m in tokens.finditer(body):
+        ref, x1, y1, x2, y2 = m.groups()
+        if ref is not None:
+            label = ref.strip()
+        elif x2 is None:
             col.add_point([float(x1), float(y1)])
         else:
-            col.add_box([float(x1), float(y1), float(x2), float(y2)], label.strip() if label is not None else None)
+            col.add_box([float(x1), float(y1), float(x2), float(y2)], label)
     # Box starts that did not form a complete box are malformed or cut off.
-    broken = n_starts - col.n_items
+    broken = body.count(box_open) - col.n_items
     col.n_items += broken
     col.n_invalid += broken
-    answer.truncated = body.rfind("<|box_start|>") > body.rfind("<|box_end|>")
-    answer.style = "box_tokens"
+    answer.truncated = body.rfind(box_open) > body.rfind(box_close)
+    answer.style = style
     col.into(answer)
 
 
@@ -357,7 +405,10 @@ def _parse_plain(body: str, answer: Answer) -> None:
 
 def _parse_body(body: str, answer: Answer) -> None:
     if "<|box_start|>" in body:
-        _parse_box_tokens(body, answer)
+        _parse_tags(body, answer, "box_tokens")
+        return
+    if "<box>" in body:
+        _parse_tags(body, answer, "ref_box")
         return
     bracketed = body.startswith(("[", "{"))
     if bracketed and _parse_json(body, answer):

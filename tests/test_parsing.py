@@ -70,9 +70,9 @@ def test_truncated_json_keeps_complete_objects():
 
 
 def test_malformed_items_are_counted_not_fatal():
-    text = '[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7], "label": "b"}, {"bbox_2d": [9, 9, 1, 1]}, "junk", {"bbox_2d": ["1", 2, 3, 4]}, {"bbox_2d": [true, 2, 3, 4]}]'
+    text = '[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7], "label": "b"}, {"bbox_2d": [9, 9, 1, 1]}, "junk", {"bbox_2d": ["x", 2, 3, 4]}, {"bbox_2d": [true, 2, 3, 4]}]'
     a = parse_answer(text)
-    assert a.boxes.tolist() == [[1, 2, 3, 4]] and a.n_items == 6 and a.n_invalid == 5
+    assert a.boxes.tolist() == [[1, 2, 3, 4]] and a.n_items == 6 and a.n_invalid == 5 and not a.repaired
     # Broken JSON syntax in one item: the other items survive.
     b = parse_answer('[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7, 8] "label": "b"}]')
     assert b.boxes.tolist() == [[1, 2, 3, 4]] and b.n_items == 2 and b.n_invalid == 1 and not b.truncated
