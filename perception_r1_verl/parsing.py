@@ -48,7 +48,9 @@ _NUMBER = re.compile(_NUM)
 _NUMBERS_ONLY = re.compile(rf"\s*{_NUM}(?:\s*[,\s]\s*{_NUM})*\s*")
 _THINK = re.compile(r"\s*<think>.*?</think>\s*", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S)
-_FENCE_OPEN = re.compile(r"```[a-zA-Z]*")
+# A fence opens a line (as markdown has it, and the Qwen cookbooks' parse_json reads it):
+# "```" inside a JSON string is text.
+_FENCE_OPEN = re.compile(r"^[ \t]*```[a-zA-Z]*", re.M)
 
 
 def _tag_syntax(ref_open: str, ref_close: str, box_open: str, box_close: str) -> tuple[re.Pattern, str, str]:
@@ -324,9 +326,25 @@ def scan_objects(body: str) -> tuple[list[tuple[int, int]], list[tuple[int, int]
     return free, enclosed, stack
 
 
+def _read_broken(segment: str, p: int, open_braces: list[int], k: int):
+    """The object a never-closed ``{`` (at ``p``, ``open_braces[k]``) starts, with the
+    braces left open closed: as written, without the list's ``]``, or up to its last
+    comma (an object cut inside a nested value keeps what came before); None if none reads."""
+    cut = segment.rfind(",")
+    for text in (segment, segment[:-1] if segment.endswith("]") else None, segment[:cut] if cut > 0 else None):
+        if text is None:
+            continue
+        text = text.rstrip().rstrip(",")
+        obj = _lenient(text + "}" * (bisect.bisect_left(open_braces, p + len(text)) - k))
+        if obj is not None:
+            return obj
+    return None
+
+
 def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
     """Fill ``answer`` from the objects :func:`scan_objects` finds; False when there are
     none and the body does not even start like JSON (then it is not a JSON answer)."""
+    body = valid_text(body)  # a lone surrogate breaks orjson and literal_eval alike
     free, enclosed, open_braces = scan_objects(body)
     items = []  # (position, object or None), in the order the model wrote them
     for (start, stop), inside in sorted([(s, False) for s in free] + [(s, True) for s in enclosed]):
@@ -347,14 +365,10 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
         p = open_braces[k]
         i = bisect.bisect(starts, p)
         stop = min(starts[i] if i < len(starts) else len(body), open_braces[broken[n + 1]] if n + 1 < len(broken) else len(body))
-        closers = "}" * (bisect.bisect_left(open_braces, stop) - k)
         segment = body[p:stop].rstrip().rstrip(",")
         if not segment[1:].strip():
             continue  # a lone "{" typed before the next object: a typo, not an item
-        obj = _lenient(segment + closers)
-        if obj is None and segment.endswith("]"):  # the "]" that closes the list
-            obj = _lenient(segment[:-1].rstrip().rstrip(",") + closers)
-        items.append((p, obj))
+        items.append((p, _read_broken(segment, p, open_braces, k)))
     if not items and not bracketed:
         return False
     col = _Collector()
@@ -404,14 +418,14 @@ def _parse_plain(body: str, answer: Answer) -> None:
 
 
 def _parse_body(body: str, answer: Answer) -> None:
+    bracketed = body.startswith(("[", "{"))
+    if bracketed and _parse_json(body, answer):
+        return  # first: a JSON label may hold "<box>"
     if "<|box_start|>" in body:
         _parse_tags(body, answer, "box_tokens")
         return
     if "<box>" in body:
         _parse_tags(body, answer, "ref_box")
-        return
-    bracketed = body.startswith(("[", "{"))
-    if bracketed and _parse_json(body, answer):
         return
     if "{" in body and _parse_scanned(body, answer, bracketed):
         return
@@ -452,18 +466,17 @@ def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool,
     elif think:
         tags_ok = False
     text = text.strip()
-    start = text.find("```")
-    if start < 0:
+    fence = _FENCE_OPEN.search(text) if "```" in text else None
+    if fence is None:
         return [text], tags_ok, truncated
     bodies = []
-    while start >= 0:  # code fences: keep their insides (str.find: a lazy regex is slower here)
-        start = _FENCE_OPEN.match(text, start).end()
-        end = text.find("```", start)
+    while fence is not None:  # code fences: keep their insides (str.find: a lazy regex is slower here)
+        end = text.find("```", fence.end())
         if end < 0:
             truncated = True
             end = len(text)
-        bodies.append(text[start:end].strip())
-        start = text.find("```", end + 3)
+        bodies.append(text[fence.end() : end].strip())
+        fence = _FENCE_OPEN.search(text, end + 3)
     return bodies, tags_ok, truncated
 
 
