@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 
 MAX_ITEMS = 1000  # more objects than any image holds: the rest is spam and is only counted
+_FAST_MIN = 5
 # Special tokens that end a Qwen-VL turn, kept by callers that decode with special tokens.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 _NUM = r"-?\d+(?:\.\d+)?"
@@ -74,6 +75,7 @@ _PLAIN_BOX = re.compile(
 # closed ends at its line: JSON strings hold no raw newline, so a stray quote spoils one line).
 _SCAN = re.compile(r'[{}]|"(?:[^"\\\n]|\\.)*"?')
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+_PYTHON_MARKS = re.compile(r"'|\b(?:True|False|None)\b|\(")  # quotes, constants, tuples
 _FLOAT_MAX = sys.float_info.max  # Python ints beyond it do not convert to float
 _EMPTY_BOXES = np.zeros((0, 4))
 _EMPTY_POINTS = np.zeros((0, 2))
@@ -155,32 +157,35 @@ class _Collector:
         self.n_items = self.n_invalid = 0
         self.repaired = False
 
-    def _coords(self, v):
-        """``v``, or its numbers when they are written as strings (a repair)."""
+    def _repair(self, v):
+        """The numbers of coordinates written as strings (a repair), else None."""
         if type(v) is list and any(type(x) is str for x in v):
             fixed = _numbers_in_strings(v)
             if fixed is not None:
                 self.repaired = True
                 return fixed
-        return v
+        return None
 
     def add_box(self, box, label=None):
         self.n_items += 1
         if self.n_items > MAX_ITEMS:
             return  # counted as invalid in into()
-        box = _box(self._coords(box))
-        if box is None:
+        good = _box(box)
+        if good is None:
+            good = _box(self._repair(box))
+        if good is None:
             self.n_invalid += 1
         else:
-            self.boxes.append(box)
+            self.boxes.append(good)
             self.labels.append(valid_text(label) if type(label) is str else None)
 
     def add_point(self, point):
         self.n_items += 1
         if self.n_items > MAX_ITEMS:
             return
-        point = self._coords(point)
-        if type(point) is list and len(point) == 2 and all(map(_number, point)):
+        if not (type(point) is list and len(point) == 2 and all(map(_number, point))):
+            point = self._repair(point)
+        if point is not None and len(point) == 2 and all(map(_number, point)):
             self.points.append(point)
         else:
             self.n_invalid += 1
@@ -224,7 +229,8 @@ def _parse_json(body: str, answer: Answer) -> bool:
     if (type(data) is list and len(data) == 4 and all(map(_number, data))) or type(data) is dict:
         _items([data], answer)  # one bare box, one object
     elif type(data) is list:
-        if not (fast and _fast_boxes(data, body, answer)):
+        # Below _FAST_MIN items numpy's fixed cost exceeds the item path's (bench_rewards).
+        if not (fast and len(data) >= _FAST_MIN and _fast_boxes(data, body, answer)):
             _items(data, answer)
     else:
         return False
@@ -257,24 +263,25 @@ def _fast_boxes(data: list, body: str, answer: Answer) -> bool:
 
     Returns False (leaving :func:`_items` to decide) on anything else; where it returns
     True, its result is :func:`_items`' (a differential test checks it). JSON booleans
-    and nulls would pass numpy's conversion, so their presence forces that path.
+    and nulls would pass numpy's conversion, so their presence forces that path; orjson
+    yields no NaN or infinity, so finiteness needs no check.
     """
     if not data or len(data) > MAX_ITEMS or "true" in body or "false" in body or "null" in body:
         return False
     try:
-        coords = [obj["bbox_2d"] for obj in data]
-        boxes = np.array(coords)
+        boxes = np.array([obj["bbox_2d"] for obj in data])
     except (TypeError, KeyError, ValueError, OverflowError):  # not dicts, no bbox_2d, ragged lists
         return False
-    if boxes.dtype.kind not in "if" or boxes.shape != (len(data), 4):
+    kind = boxes.dtype.kind
+    if (kind != "f" and kind != "i") or boxes.shape != (len(data), 4):
         return False
-    boxes = boxes.astype(np.float64)
-    good = np.isfinite(boxes).all(1) & (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])
-    labels = [obj.get("label") for obj in data]
-    labels = [label if type(label) is str else None for label in labels]
+    if kind == "i":
+        boxes = boxes.astype(np.float64)
+    good = (boxes[:, 0] <= boxes[:, 2]) & (boxes[:, 1] <= boxes[:, 3])
+    labels = [label if type(label := obj.get("label")) is str else None for obj in data]
     answer.n_items = len(data)
-    answer.n_invalid = len(data) - int(good.sum())
-    if answer.n_invalid:
+    if not good.all():
+        answer.n_invalid = len(data) - int(good.sum())
         boxes = boxes[good]
         labels = [label for label, ok in zip(labels, good.tolist()) if ok]
     answer.boxes, answer.labels, answer.style = boxes, labels, "json"
@@ -294,6 +301,8 @@ def _lenient(span: str):
             return orjson.loads(fixed)
         except orjson.JSONDecodeError:
             pass
+    if not _PYTHON_MARKS.search(fixed):
+        return None  # nothing a Python literal has and JSON lacks: compiling it costs for naught
     try:
         return ast.literal_eval(fixed)
     except Exception:  # literal_eval reads untrusted text: any failure means "not a literal"
