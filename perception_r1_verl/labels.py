@@ -9,6 +9,7 @@ other names.
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 
 
 def normalise_label(label) -> str:
@@ -19,8 +20,11 @@ def normalise_label(label) -> str:
     >>> normalise_label(None)
     ''
     """
-    if not isinstance(label, str):
-        return ""
+    return _normalised(label) if isinstance(label, str) else ""
+
+
+@lru_cache(maxsize=1 << 16)  # rollouts repeat their labels: the reward looks each up often
+def _normalised(label: str) -> str:
     if not label.isascii():
         label = unicodedata.normalize("NFKC", label)
     return " ".join(label.casefold().split())

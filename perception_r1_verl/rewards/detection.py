@@ -157,12 +157,12 @@ class DetectionReward:
                 ious, gious, l1 = geometry(boxes, gt)
                 agree = np.array(ids)[:, None] == gt.label_ids[None, :]
                 rows, cols = linear_sum_assignment(self.l1_cost * l1 - self.label_cost * agree - self.giou_cost * gious)
-                pair_iou = ious[rows, cols]
-                kept = pair_iou >= self.match_iou
-                matched = int(np.count_nonzero(kept))
-                if matched:  # sums over a Python division: np.mean costs more than the data
-                    label_acc = int(np.count_nonzero(agree[rows, cols] & kept)) / matched
-                    mean_iou = float(pair_iou[kept].sum()) / matched
+                # At most min(N, M) pairs: plain Python beats numpy's per-call cost here.
+                kept = [(v, a) for v, a in zip(ious[rows, cols].tolist(), agree[rows, cols].tolist()) if v >= self.match_iou]
+                matched = len(kept)
+                if matched:
+                    label_acc = sum(a for _, a in kept) / matched
+                    mean_iou = sum(v for v, _ in kept) / matched
         if not answer.parsed:
             precision = recall = 0.0
         else:
