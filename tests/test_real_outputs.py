@@ -10,12 +10,13 @@ answer is well formed in the style asked.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from perception_r1_verl.parsing import answer_text, parse_answer
-from perception_r1_verl.rewards import compute_score, max_score
+from perception_r1_verl.rewards import compute_score, get_reward, max_score
 
 CORPUS = Path(__file__).parent / "data" / "real_outputs" / "cases.jsonl"
 CASES = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -120,3 +121,15 @@ def test_reward_pays_the_human_reading(case):
             assert s["score"] == pytest.approx(max_score(task)), f"{case['id']}: {s}"
     elif r["well_formed"] is False:
         assert s["format"] < 1.0, f"{case['id']}: a repaired answer is still not well formed"
+
+
+@pytest.mark.parametrize("family", [None, "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_reward_stays_in_range_for_every_family(family):
+    """Whatever style a family is prompted for, real completions score finitely within the task's range."""
+    for case in CASES:
+        task = case["task"]
+        extra = {"task": task, "think": case["think"], "model_family": family}
+        s = compute_score("real_outputs", case["completion"], json.dumps(_ground_truth(case)), extra)
+        low = -2 * get_reward(task).missing_weight if task == "detection" else 0.0  # FP and FN penalties
+        assert all(math.isfinite(v) for v in s.values()), case["id"]
+        assert low <= s["score"] <= max_score(task) + 1e-9, f"{case['id']} ({family}): {s}"
