@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from perception_r1_verl.boxes import iou, pairwise_iou_giou
-from perception_r1_verl.rewards import compute_score, get_reward, max_score, task_of
+from perception_r1_verl.rewards import DetectionReward, compute_score, get_reward, max_score, task_of
+from perception_r1_verl.rewards.detection import geometry
 from perception_r1_verl.rewards.ocr import edit_similarity, normalise_text
 
 COCO_80 = json.loads(
@@ -50,10 +51,15 @@ def test_iou_and_giou_agree_with_pixel_counting():
         expected = (ma & mb).sum() / union if union else 0.0
         assert iou(a.tolist(), b.tolist()) == pytest.approx(expected)
         i, g = pairwise_iou_giou(a[None].astype(float), b[None].astype(float))
-        assert i[0, 0] == pytest.approx(expected)
+        # The detection reward's own geometry, against a truth prepared once per prompt.
+        truth = DetectionReward.prepare({"objects": [{"bbox_2d": b.tolist(), "label": "x"}], "frame": [64, 64]})
+        ri, rg, l1 = geometry(a[None].astype(float), truth)
+        assert i[0, 0] == pytest.approx(expected) and ri[0, 0] == pytest.approx(expected)
         hull = _mask([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]).sum()
         if hull:
-            assert g[0, 0] == pytest.approx(expected - (hull - union) / hull)
+            assert g[0, 0] == pytest.approx(expected - (hull - union) / hull) and rg[0, 0] == pytest.approx(g[0, 0])
+        centre_size = lambda x: np.array([(x[0] + x[2]) / 2, (x[1] + x[3]) / 2, x[2] - x[0], x[3] - x[1]]) / 64  # noqa: E731
+        assert l1[0, 0] == pytest.approx(np.abs(centre_size(a) - centre_size(b)).sum())
 
 
 # ---------------------------------------------------------------- grounding
