@@ -122,3 +122,46 @@ def clip_box(box, frame: tuple[float, float]) -> list[float]:
     w, h = frame
     x1, y1, x2, y2 = box
     return [min(max(x1, 0), w), min(max(y1, 0), h), min(max(x2, 0), w), min(max(y2, 0), h)]
+
+
+def row_frame(ground_truth: dict, extra_info: dict) -> tuple[float, float]:
+    """The answer frame of a data row, ``(width, height)``.
+
+    The ground truth's ``frame`` (every converter writes it), else the model family's
+    frame of ``extra_info["input_size"]``. A row with neither, or whose two disagree, is
+    an error: its boxes cannot be placed in the image.
+
+    >>> row_frame({"frame": [644, 476]}, {})
+    (644.0, 476.0)
+    >>> row_frame({}, {"model_family": "qwen2_vl", "input_size": [644, 476]})
+    (1000.0, 1000.0)
+    >>> row_frame({}, {"model_family": "qwen2_5_vl"})
+    Traceback (most recent call last):
+    ...
+    ValueError: row has no answer frame: its ground truth has no 'frame' and its extra_info no model_family and input_size
+    """
+    frame = ground_truth.get("frame")
+    family, size = extra_info.get("model_family"), extra_info.get("input_size")
+    implied = tuple(float(v) for v in answer_frame(family, tuple(size))) if family and size else None
+    if frame:
+        frame = (float(frame[0]), float(frame[1]))
+        if implied is not None and implied != frame:
+            raise ValueError(f"row's ground truth frame {list(frame)} is not the {family} frame of input size {list(size)}: {list(implied)}")
+        return frame
+    if implied is None:
+        raise ValueError("row has no answer frame: its ground truth has no 'frame' and its extra_info no model_family and input_size")
+    return implied
+
+
+def to_pixels(coords, frame: tuple[float, float], size: tuple[float, float]) -> list[float]:
+    """A box ``[x1, y1, x2, y2]`` or point ``[x, y]`` of the answer ``frame`` in pixels of an
+    image of ``size`` (the original, or any resized copy), clipped to that image.
+
+    >>> to_pixels([100, 100, 300, 1200], (1000, 1000), (640, 480))
+    [64.0, 48.0, 192.0, 480]
+    >>> to_pixels([500, 500], (1000, 1000), (640, 480))
+    [320.0, 240.0]
+    """
+    if len(coords) == 2:
+        return clip_box(scale_box([*coords, *coords], frame, size), size)[:2]
+    return clip_box(scale_box(coords, frame, size), size)

@@ -200,3 +200,24 @@ def test_an_annotation_file_of_other_images_is_refused(split, tmp_path):
     responses = write_responses(tmp_path / "r.jsonl", samples, [""] * 3)
     with pytest.raises(ValueError, match="image_size differ"):
         score(data, responses, tmp_path / "o", annotations=tmp_path / "other.json")
+
+
+def test_rows_without_an_answer_frame_are_an_error():
+    """One frame rule (frames.row_frame) for evaluation, report and data checks: the ground
+    truth's frame, else the family's frame of input_size; neither, or both disagreeing, raises."""
+    from perception_r1_verl.eval.dataset import Sample
+    from perception_r1_verl.eval.detection import from_split
+
+    objects = [{"bbox_2d": [100, 100, 500, 500], "label": "cat"}]
+
+    def sample(truth, info):
+        return Sample(0, "0", "detection", "coco", {"objects": objects, **truth}, {"image_size": [200, 100], **info})
+
+    qwen2 = {"model_family": "qwen2_vl", "input_size": [196, 112]}
+    for truth, info in [({"frame": [1000, 1000]}, {}), ({}, qwen2), ({"frame": [1000, 1000]}, qwen2)]:
+        gt = from_split([sample(truth, info)])
+        assert gt.coco.dataset["annotations"][0]["bbox"] == [20.0, 10.0, 80.0, 40.0]
+    with pytest.raises(ValueError, match="no answer frame"):
+        from_split([sample({}, {"model_family": "qwen2_vl"})])
+    with pytest.raises(ValueError, match="is not the qwen2_5_vl frame"):
+        from_split([sample({"frame": [1000, 1000]}, {"model_family": "qwen2_5_vl", "input_size": [196, 112]})])

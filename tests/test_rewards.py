@@ -2,13 +2,15 @@
 
 import json
 import math
+from pathlib import Path
 
 import editdistance
 import numpy as np
 import pytest
 
 from perception_r1_verl.boxes import iou, pairwise_iou_giou
-from perception_r1_verl.rewards import compute_score, get_reward, max_score, task_of
+from perception_r1_verl.rewards import DetectionReward, compute_score, get_reward, max_score, task_of
+from perception_r1_verl.rewards.detection import geometry
 from perception_r1_verl.rewards.ocr import edit_similarity, normalise_text
 
 COCO_80 = json.loads(
@@ -49,10 +51,15 @@ def test_iou_and_giou_agree_with_pixel_counting():
         expected = (ma & mb).sum() / union if union else 0.0
         assert iou(a.tolist(), b.tolist()) == pytest.approx(expected)
         i, g = pairwise_iou_giou(a[None].astype(float), b[None].astype(float))
-        assert i[0, 0] == pytest.approx(expected)
+        # The detection reward's own geometry, against a truth prepared once per prompt.
+        truth = DetectionReward.prepare({"objects": [{"bbox_2d": b.tolist(), "label": "x"}], "frame": [64, 64]})
+        ri, rg, l1 = geometry(a[None].astype(float), truth)
+        assert i[0, 0] == pytest.approx(expected) and ri[0, 0] == pytest.approx(expected)
         hull = _mask([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]).sum()
         if hull:
-            assert g[0, 0] == pytest.approx(expected - (hull - union) / hull)
+            assert g[0, 0] == pytest.approx(expected - (hull - union) / hull) and rg[0, 0] == pytest.approx(g[0, 0])
+        centre_size = lambda x: np.array([(x[0] + x[2]) / 2, (x[1] + x[3]) / 2, x[2] - x[0], x[3] - x[1]]) / 64  # noqa: E731
+        assert l1[0, 0] == pytest.approx(np.abs(centre_size(a) - centre_size(b)).sum())
 
 
 # ---------------------------------------------------------------- grounding
@@ -213,8 +220,11 @@ def test_malformed_item_and_truncation_keep_the_rest():
     r = score("detection", text, DET_GT)
     assert r["format"] == 0.5 and r["recall"] == 0.5 and r["score"] > 1.5
     full = items((CAT, "cat"), (DOG, "dog"))
-    cut = score("detection", full[:-10], DET_GT)
+    cut = score("detection", full[: full.rindex(str(DOG[2]))], DET_GT)  # inside the second box
     assert cut["format"] == 0.0 and cut["recall"] == 0.5 and cut["label_accuracy"] == 1.0
+    # Cut inside the second label: its box is complete and localises, its label is lost.
+    cut = score("detection", full[:-10], DET_GT)
+    assert cut["format"] == 0.0 and cut["recall"] == 1.0 and cut["label_accuracy"] == 0.5
 
 
 def test_repeats_and_spam_never_pay():
@@ -282,3 +292,38 @@ def test_declared_components_are_what_the_reward_returns(task, gt):
         result = score(task, completion, gt)
         assert tuple(result) == ("score", *REWARDS[task].components)
         assert set(result) <= set(component_keys())
+
+
+# ---------------------------------------------------------------- one label rule, reward and evaluation
+
+_CORPUS = Path(__file__).parent / "data" / "real_outputs" / "cases.jsonl"
+_CORPUS_LABELS = sorted({label for line in _CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()
+                         for label in json.loads(line)["reading"]["labels"] if label is not None})
+# Synthetic variants of a category name: the ones the rule forgives and the ones it does not.
+_VARIANTS = ["traffic light", " Traffic  light", "TRAFFIC\tLIGHT", "traffic_light", "traffic lights", "ＴＲＡＦＦＩＣ light",
+             "Straße", "STRASSE", "cat", "Cat\n", "cats", "", "猫", " 猫 "]
+
+
+def _eval_category(label, category: str):
+    """The category id the COCO evaluation gives a predicted ``label`` (None: unknown)."""
+    from perception_r1_verl.eval.dataset import Sample
+    from perception_r1_verl.eval.detection import detections_of, from_split
+    from perception_r1_verl.parsing import parse_answer
+
+    truth = {"objects": [{"bbox_2d": CAT, "label": category}], "frame": [100, 100], "categories": [category]}
+    sample = Sample(0, "0", "detection", "coco", truth, {"image_size": [100, 100], "model_family": "qwen2_5_vl", "input_size": [100, 100]})
+    gt = from_split([sample])
+    dets, _ = detections_of(sample, parse_answer(items((CAT, label))), gt)
+    return dets[0]["category_id"] if dets else None
+
+
+@pytest.mark.parametrize("category", ["traffic light", "strasse", "猫", "cat"])
+def test_reward_and_evaluation_agree_on_every_label(category):
+    """Issue 9: the reward called "traffic  light" right where the evaluation called it unknown."""
+    gt = {"objects": [{"bbox_2d": CAT, "label": category}], "frame": [100, 100], "categories": [category]}
+    agreed = 0
+    for label in _CORPUS_LABELS + _VARIANTS + [category]:
+        reward_right = score("detection", items((CAT, label)), gt)["label_accuracy"] == 1.0
+        assert reward_right == (_eval_category(label, category) is not None), (label, category)
+        agreed += reward_right
+    assert agreed >= 2  # the category itself and at least one variant of it

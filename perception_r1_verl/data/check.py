@@ -86,7 +86,10 @@ def inspect_parquet(
                     report.problems.append(f"{where}: ground truth as an answer scores {score}, maximum {best}")
         report.checked += 1
         if len(drawn) < n_draw and image is not None:
-            drawn.append(draw_row(image, gt, info))
+            try:
+                drawn.append(draw_row(image, gt, info))
+            except ValueError as e:  # no answer frame: its boxes have no place in the image
+                report.problems.append(f"{where}: {e}")
     if grid is not None and drawn:
         tile(drawn).save(grid)
         report.grid = str(grid)
@@ -120,16 +123,16 @@ def draw_row(image: Image.Image, gt: dict, info: dict) -> Image.Image:
     """The model's input image with the ground truth drawn in it, captioned with the task."""
     im = image.convert("RGB")
     draw = ImageDraw.Draw(im)
-    frame = gt.get("frame") or info["input_size"]
+    frame = frames.row_frame(gt, info)
     size = im.size
     objects = [{"bbox_2d": gt["bbox_2d"]}] if "bbox_2d" in gt else gt.get("objects", [])
     for k, obj in enumerate(objects):
-        box = frames.scale_box(obj["bbox_2d"], frame, size)
+        box = frames.to_pixels(obj["bbox_2d"], frame, size)
         draw.rectangle(box, outline=_COLOURS[k % len(_COLOURS)], width=max(2, size[0] // 200))
         if obj.get("label"):
             draw.text((box[0] + 3, box[1] + 2), obj["label"], fill=_COLOURS[k % len(_COLOURS)])
     for x, y in gt.get("points", []):
-        (x, y, _, _) = frames.scale_box([x, y, x, y], frame, size)
+        x, y = frames.to_pixels([x, y], frame, size)
         r = max(3, size[0] // 120)
         draw.ellipse((x - r, y - r, x + r, y + r), outline="#ff3b30", width=2)
     caption = f"{info['task']} {info['source_id']}" + (f": {gt['text'][:60]!r}" if "text" in gt else "")

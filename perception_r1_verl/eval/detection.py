@@ -6,11 +6,13 @@ What happens to each row of the split:
   ``file_name``, its base name or its stem). A row whose image is not there, or whose
   ``image_size`` differs from the annotation's, stops the evaluation: boxes would be
   scored against the wrong objects.
-- Every well-formed box of the answer is mapped from the answer frame
-  (``frames.answer_frame(model_family, input_size)``) to original pixels with
-  ``frames.scale_box`` and clipped to the image with ``frames.clip_box``.
-- Its label goes to a category id by name (case and surrounding space ignored). Boxes with
-  an unknown or missing label are counted (``n_unknown_label``) and left out: they cannot
+- Every well-formed box of the answer is mapped from the row's answer frame
+  (``frames.row_frame``: the ground truth's ``frame``, else the family's frame of
+  ``input_size``; neither is an error) to original pixels, clipped to the image
+  (``frames.to_pixels``).
+- Its label goes to a category id by name, compared as the training reward compares
+  labels (``labels.normalise_label``: case, width and spacing ignored). Boxes with an
+  unknown or missing label are counted (``n_unknown_label``) and left out: they cannot
   be a true positive of any category.
 - Its score is ``1 / (1 + rank)``, ``rank`` being the box's position among the answer's
   well-formed boxes: the answers carry no confidence, so the model's own output order
@@ -35,7 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from ..frames import answer_frame, clip_box, scale_box
+from ..frames import row_frame, to_pixels
+from ..labels import normalise_label
 from ..parsing import Answer
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -54,15 +57,6 @@ def _coco(dataset: dict):
     with _quiet():
         coco.createIndex()
     return coco
-
-
-def normalize_label(name: str) -> str:
-    """The form labels and category names are compared in.
-
-    >>> normalize_label("  Traffic Light ")
-    'traffic light'
-    """
-    return name.strip().lower()
 
 
 def box_score(rank: int) -> float:
@@ -111,9 +105,9 @@ class GroundTruth:
 def _category_map(categories: list[dict]) -> dict:
     out = {}
     for cat in categories:
-        key = normalize_label(cat["name"])
+        key = normalise_label(cat["name"])
         if key in out:
-            raise ValueError(f"two categories are both named {cat['name']!r} (ignoring case)")
+            raise ValueError(f"two categories are both named {cat['name']!r} (labels compare by labels.normalise_label)")
         out[key] = cat["id"]
     return out
 
@@ -180,10 +174,7 @@ def from_annotations(path_or_dataset, samples) -> GroundTruth:
 
 def _to_original(box, sample) -> list[float]:
     """An answer-frame box in original pixels, clipped to the image."""
-    info = sample.extra_info
-    size = tuple(info["image_size"])
-    frame = answer_frame(info["model_family"], tuple(info["input_size"]))
-    return clip_box(scale_box(box, frame, size), size)
+    return to_pixels(box, row_frame(sample.ground_truth, sample.extra_info), tuple(sample.extra_info["image_size"]))
 
 
 def from_split(samples) -> GroundTruth:
@@ -193,8 +184,8 @@ def from_split(samples) -> GroundTruth:
     not mask areas, so AP, and APs/m/l most, can differ from the official numbers:
     pass the annotation file for those.
     """
-    names = sorted({normalize_label(n) for s in samples for n in s.ground_truth.get("categories", [])}
-                   | {normalize_label(o["label"]) for s in samples for o in s.ground_truth["objects"]})
+    names = sorted({normalise_label(n) for s in samples for n in s.ground_truth.get("categories", [])}
+                   | {normalise_label(o["label"]) for s in samples for o in s.ground_truth["objects"]})
     category_of = {name: i for i, name in enumerate(names, 1)}
     images, anns, image_of = [], [], {}
     for n, s in enumerate(samples, 1):
@@ -204,7 +195,7 @@ def from_split(samples) -> GroundTruth:
         for obj in s.ground_truth["objects"]:
             x1, y1, x2, y2 = _to_original(obj["bbox_2d"], s)
             anns.append({
-                "id": len(anns) + 1, "image_id": n, "category_id": category_of[normalize_label(obj["label"])],
+                "id": len(anns) + 1, "image_id": n, "category_id": category_of[normalise_label(obj["label"])],
                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
             })
     dataset = {"images": images, "annotations": anns,
@@ -219,7 +210,7 @@ def detections_of(sample, answer: Answer, gt: GroundTruth) -> tuple[list[dict], 
     labels = answer.labels or [None] * len(answer.boxes)
     dets, unknown = [], []
     for rank, (box, label) in enumerate(zip(answer.boxes.tolist(), labels, strict=True)):
-        cat = gt.category_of.get(normalize_label(label)) if label is not None else None
+        cat = gt.category_of.get(normalise_label(label)) if label is not None else None
         if cat is None:
             unknown.append(label)
             continue

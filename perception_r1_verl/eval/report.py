@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..frames import answer_frame, scale_box
+from ..frames import row_frame, to_pixels
 from ..parsing import parse_answer
 from .dataset import read_images
 from .ocr import language
@@ -35,19 +35,6 @@ body{font-family:sans-serif;margin:1em}h2{margin-top:1.5em}
 del{background:#fdd;color:#a00}ins{background:#dfd;color:#060;text-decoration:none}
 .legend span{padding:0 6px}
 """
-
-
-def _frame_to_image(sample, image: Image.Image):
-    """A function mapping answer-frame boxes or points onto ``image``'s pixels."""
-    info = sample.extra_info
-    frame = sample.ground_truth.get("frame") or answer_frame(info["model_family"], tuple(info["input_size"]))
-
-    def to_image(coords):
-        if len(coords) == 2:
-            return scale_box([*coords, *coords], frame, image.size)[:2]
-        return scale_box(coords, frame, image.size)
-
-    return to_image
 
 
 def _draw_boxes(draw, boxes, color, width, labels=None, bottom=False):
@@ -71,7 +58,11 @@ def draw_case(image: Image.Image, sample, record: dict, response: str, scored) -
     width = max(2, round(max(image.size) / 300))
     gt = sample.ground_truth
     if scored.task in ("grounding", "counting"):
-        to_image = _frame_to_image(sample, image)
+        frame = row_frame(gt, sample.extra_info)
+
+        def to_image(coords):
+            return to_pixels(coords, frame, image.size)
+
     if scored.task == "grounding":
         _draw_boxes(draw, [to_image(gt["bbox_2d"])], GT_COLOR, width)
         if record.get("pred_box"):

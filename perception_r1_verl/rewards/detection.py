@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 from typing import ClassVar, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..boxes import pairwise_iou_giou, to_cxcywh
+from ..boxes import EPS, to_cxcywh
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
+from ..labels import normalise_label
 from ..parsing import distinct_boxes, parse_answer
 from .format import format_score
 from .registry import register
-
-
-def normalise_label(label) -> str:
-    """Labels compare case- and space-insensitively: ``" Traffic  light"`` is ``"traffic light"``."""
-    return " ".join(label.lower().split()) if isinstance(label, str) else ""
-
-
-def _label_id(names: dict, label) -> int:
-    """Index of a predicted label among the known names, -1 if unknown (exact text first: fast)."""
-    found = names.get(label)
-    return found if found is not None else names.get(normalise_label(label), -1)
 
 
 class DetectionTruth(NamedTuple):
@@ -31,8 +22,34 @@ class DetectionTruth(NamedTuple):
     label_ids: np.ndarray  # (M,) index into ``names``
     names: dict  # normalised label -> id; covers ``categories`` and every ground-truth label
     bounds: np.ndarray  # (W, H, W, H) of the frame, to clip predictions
-    cxcywh: np.ndarray  # boxes normalised by the frame, centre-size, for the L1 cost
-    scale: np.ndarray  # (4,) divides xyxy into that normalised frame
+    areas: np.ndarray  # (M,) box areas
+    to_l1: np.ndarray  # (4, 4): xyxy @ to_l1 is centre-size in the normalised frame of the L1 cost
+    cxcywh: np.ndarray  # (M, 4) the boxes so
+
+
+def geometry(boxes: np.ndarray, truth: DetectionTruth) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU, generalised IoU and L1 distance (normalised centre-size) of ``boxes`` against
+    the truth's, shape ``(N, M)`` each: the matching cost's parts, with the truth's side
+    computed once per prompt in :meth:`DetectionReward.prepare`.
+
+    >>> truth = DetectionReward.prepare({"objects": [{"bbox_2d": [0, 0, 10, 10], "label": "a"}], "frame": [100, 100]})
+    >>> [m.round(3).tolist() for m in geometry(np.array([[0., 0, 10, 10], [20, 0, 30, 10]]), truth)]
+    [[[1.0], [0.0]], [[1.0], [-0.333]], [[0.0], [0.2]]]
+    """
+    pred, true = boxes[:, None, :], truth.boxes[None, :, :]
+    hi, lo = np.maximum(pred, true), np.minimum(pred, true)  # both corners at once
+    overlap = np.maximum(lo[..., 2:] - hi[..., :2], 0)
+    inter = overlap[..., 0] * overlap[..., 1]
+    hull_wh = hi[..., 2:] - lo[..., :2]
+    hull = hull_wh[..., 0] * hull_wh[..., 1]
+    union = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None] + truth.areas - inter
+    iou = inter / np.maximum(union, EPS)
+    giou = iou - (hull - union) / np.maximum(hull, EPS)
+    l1 = np.abs((boxes @ truth.to_l1)[:, None, :] - truth.cxcywh[None, :, :]) @ _ONES  # matmul: faster than sum(-1)
+    return iou, giou, l1
+
+
+_ONES = np.ones(4)
 
 
 @register("detection")
@@ -59,7 +76,8 @@ class DetectionReward:
     - a box repeated with the same coordinates (after clipping) is matched once, with the
       label of its first occurrence; the repeats are false positives, so repeating a box
       never raises the score (a box repeated in the ground truth is likewise one object);
-    - a label outside the prompt's ``categories`` (or missing) can still match a box for
+    - labels compare by :func:`perception_r1_verl.labels.normalise_label`, as in the
+      COCO evaluation; a label outside the prompt's ``categories`` (or missing) can still match a box for
       localisation but is never label-correct; ``unknown_labels`` logs their share;
     - an unparsable completion scores 0 on every accuracy component.
 
@@ -107,8 +125,10 @@ class DetectionReward:
         boxes = np.clip(np.array(boxes, dtype=np.float64).reshape(-1, 4), 0, bounds)
         # The L1 cost lives in the normalised frame; without a frame, in the paper's 0-1000 one.
         scale = bounds if bounds[0] < COORD_LIMIT else np.full(4, float(RELATIVE_SCALE))
-        truth = DetectionTruth(boxes, np.array(label_ids, dtype=np.int64), names, bounds, to_cxcywh(boxes / scale), scale)
-        for array in (truth.boxes, truth.label_ids, truth.bounds, truth.cxcywh, truth.scale):
+        to_l1 = to_cxcywh(np.diag(1 / scale))
+        areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        truth = DetectionTruth(boxes, np.array(label_ids, dtype=np.int64), names, bounds, areas, to_l1, boxes @ to_l1)
+        for array in (truth.boxes, truth.label_ids, truth.bounds, truth.areas, truth.to_l1, truth.cxcywh):
             array.setflags(write=False)  # shared by every rollout of the prompt
         return truth
 
@@ -120,23 +140,29 @@ class DetectionReward:
         boxes = answer.boxes
         if len(boxes):
             boxes = np.minimum(np.maximum(boxes, 0), gt.bounds)  # np.clip: same, slower
-            first = {}
-            for i, key in enumerate(map(tuple, boxes.tolist())):
-                first.setdefault(key, i)
-            if len(first) < len(boxes):
-                boxes = boxes[list(first.values())]
-            ids = np.array([_label_id(gt.names, answer.labels[i]) for i in first.values()])
-            unknown = float((ids < 0).sum()) / len(ids)
+            labels = answer.labels
+            keys = list(map(tuple, boxes.tolist()))
+            if len(set(keys)) < len(keys):  # repeats: each box once, with its first label
+                first = {}
+                for i, key in enumerate(keys):
+                    first.setdefault(key, i)
+                keep = list(first.values())
+                boxes, labels = boxes[keep], [labels[i] for i in keep]
+            names = gt.names
+            ids = list(map(names.get, labels, repeat(-1)))  # the exact text first: fast
+            if -1 in ids:
+                ids = [i if i >= 0 else names.get(normalise_label(label), -1) for i, label in zip(ids, labels)]
+            unknown = ids.count(-1) / len(ids)
             if n_gt:
-                ious, gious = pairwise_iou_giou(boxes, gt.boxes)
-                agree = ids[:, None] == gt.label_ids[None, :]
-                l1 = np.abs(to_cxcywh(boxes / gt.scale)[:, None, :] - gt.cxcywh[None, :, :]).sum(-1)
+                ious, gious, l1 = geometry(boxes, gt)
+                agree = np.array(ids)[:, None] == gt.label_ids[None, :]
                 rows, cols = linear_sum_assignment(self.l1_cost * l1 - self.label_cost * agree - self.giou_cost * gious)
-                kept = ious[rows, cols] >= self.match_iou
-                matched = int(kept.sum())
-                if matched:  # sums over a Python division: np.mean costs more than the data
-                    label_acc = int(agree[rows, cols][kept].sum()) / matched
-                    mean_iou = float(ious[rows, cols][kept].sum()) / matched
+                # At most min(N, M) pairs: plain Python beats numpy's per-call cost here.
+                kept = [(v, a) for v, a in zip(ious[rows, cols].tolist(), agree[rows, cols].tolist()) if v >= self.match_iou]
+                matched = len(kept)
+                if matched:
+                    label_acc = sum(a for _, a in kept) / matched
+                    mean_iou = sum(v for v, _ in kept) / matched
         if not answer.parsed:
             precision = recall = 0.0
         else:

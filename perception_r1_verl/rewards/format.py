@@ -17,7 +17,10 @@ def format_score(answer: Answer, style: str | None = None, single: bool = False,
     """1 for a complete, well-formed answer in the expected ``style``; partial credit per item.
 
     0 when the think/answer tags are not as asked, the answer was cut off, nothing parsed,
-    or a non-empty answer's style differs from ``style`` (``None`` accepts any). With ``single`` exactly one
+    it is JSON that only the lenient reader could read (``Answer.repaired``: prose around
+    it, trailing commas, Python quotes, a broken object), or a non-empty answer's style
+    differs from ``style`` (``None`` accepts any). End tokens after the answer and several
+    fenced blocks cost nothing. With ``single`` exactly one
     well-formed object is required. Otherwise the share of well-formed objects counts,
     ``n_bad`` adding items the task cannot use; an empty list is well-formed.
 
@@ -26,8 +29,10 @@ def format_score(answer: Answer, style: str | None = None, single: bool = False,
     0.5
     >>> format_score(parse_answer('<|box_start|>oops'), "box_tokens")
     0.0
+    >>> format_score(parse_answer('[{"bbox_2d": [1, 2, 3, 4],}]<|im_end|>')), format_score(parse_answer('[[1, 2, 3, 4]]<|im_end|>'))
+    (0.0, 1.0)
     """
-    if not answer.tags_ok or answer.truncated or not answer.parsed:
+    if not answer.tags_ok or answer.truncated or answer.repaired or not answer.parsed:
         return 0.0
     if style is not None and answer.style != style and answer.n_items:
         return 0.0  # "[]" says "nothing here" in every style
