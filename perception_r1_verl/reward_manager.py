@@ -29,13 +29,12 @@ from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.utils.reward_score import default_compute_score
 
 from perception_r1_verl import rewards
+from perception_r1_verl.parsing import END_TOKENS
 from perception_r1_verl.step_metrics import COUNTERS
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
-# Tokens that end or pad a response; everything else, special or not, reaches the reward.
-END_TOKENS = ("<|im_end|>", "<|endoftext|>")
 WARN_INTERVAL_S = 60.0
 
 

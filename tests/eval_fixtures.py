@@ -25,10 +25,16 @@ def png(size=(100, 100), mode="RGB") -> bytes:
 
 
 def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl"):
-    """One contract row per ground truth; image and frame 100x100 (so boxes are pixels)."""
+    """One contract row per ground truth; image and frame 100x100 (so boxes are pixels).
+
+    ``input_size`` agrees with the ground truth's frame as the converters write it: for
+    Qwen2.5-VL the frame is the input size (``frames.row_frame`` refuses rows where they
+    differ); otherwise 112x112, the resize of a 100x100 image.
+    """
     image = png()
     rows = []
     for i, gt in enumerate(gts):
+        input_size = list(gt["frame"]) if family == "qwen2_5_vl" and gt.get("frame") else [112, 112]
         source, split = (groups or ["refcoco/val"] * len(gts))[i].split("/")
         rows.append({
             "data_source": source,
@@ -37,7 +43,7 @@ def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl"):
             "ability": task,
             "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
             "extra_info": {"task": task, "index": i, "split": split, "source_id": f"img{i}",
-                           "image_size": [100, 100], "input_size": [112, 112], "model_family": family,
+                           "image_size": [100, 100], "input_size": input_size, "model_family": family,
                            "think": bool(think and think[i])},
         })
     pq.write_table(pa.Table.from_pylist(rows), path)

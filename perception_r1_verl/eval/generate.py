@@ -31,9 +31,9 @@ from PIL import Image
 
 from ..data.common import _to_rgb
 from ..frames import smart_resize
+from ..parsing import END_TOKENS
 from .dataset import read_responses
 
-_EOS_STRINGS = ("<|im_end|>", "<|endoftext|>")
 _PLACEHOLDER = re.compile(r"(<image>)")
 # qwen_vl_utils' bounds when a row gives none: 4 and 16384 tokens of factor x factor pixels.
 _MIN_TOKENS, _MAX_TOKENS = 4, 16384
@@ -130,7 +130,7 @@ def strip_eos(text: str) -> str:
     >>> strip_eos("[1, 2, 3, 4]<|im_end|><|endoftext|>")
     '[1, 2, 3, 4]'
     """
-    for eos in _EOS_STRINGS:
+    for eos in END_TOKENS:
         text = text.split(eos, 1)[0]
     return text
 

@@ -53,7 +53,8 @@ from ..boxes import pairwise_iou_giou
 from ..parsing import Answer, parse_answer
 from ..prompts import IMAGE_TOKEN
 from .dataset import Sample, read_images
-from .report import _CSS, _draw_boxes, _draw_points, _frame_to_image, _img_tag, GT_COLOR, PRED_COLOR, THUMB, text_diff
+from ..frames import row_frame, to_pixels
+from .report import _CSS, _draw_boxes, _draw_points, _img_tag, GT_COLOR, PRED_COLOR, THUMB, text_diff
 
 DUMP_NAME = re.compile(r"(\d+)\.jsonl")
 DEFAULT_LAST = 10  # steps shown when neither steps nor last is given
@@ -429,7 +430,11 @@ def draw_rollout(image: Image.Image, sample: Sample, answer: Answer) -> Image.Im
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
-    to_image = _frame_to_image(sample, image)
+    frame = None if sample.task == "ocr" else row_frame(sample.ground_truth, sample.extra_info)
+
+    def to_image(coords):
+        return to_pixels(coords, frame, image.size)
+
     _draw_boxes(draw, [to_image(b) for b in answer.boxes.tolist()], PRED_COLOR, 2 * width, answer.labels, bottom=True)
     _draw_points(draw, [to_image(p) for p in answer.points.tolist()], PRED_COLOR, 3 * width)
     gt = sample.ground_truth
@@ -475,7 +480,11 @@ class _Pictures:
                 self.missing.add((r.data, r.row))
                 self.counts["missing_images"] += 1
             return '<div class="flags">image missing or unreadable in the parquet</div>'
-        return _img_tag(draw_rollout(image, sample, r.answer))
+        try:
+            return _img_tag(draw_rollout(image, sample, r.answer))
+        except ValueError as e:  # a row without an answer frame: its boxes have no place
+            self.counts["rows_without_frame"] += 1
+            return f'<div class="flags">not drawn: {html.escape(str(e))}</div>'
 
 
 def _case(r: Rollout, samples: dict, pictures: _Pictures) -> str:
@@ -554,6 +563,7 @@ def _problems(stats: dict) -> str:
                          "--data than the training run's?); matched by ground truth and prompt instead"),
         ("padding", "padding samples verl added to fill the batch, left out"),
         ("missing_images", "rows drawn without their image (missing or unreadable)"),
+        ("rows_without_frame", "rollouts not drawn: their row has no answer frame"),
         ("reward_errors", "rollouts whose components could not be recomputed"),
         ("reward_timeout", "rollouts the reward manager scored 0 because the reward timed out in training"),
         ("reward_error", "rollouts the reward manager scored 0 because the reward raised in training (a data error?)"),
@@ -618,7 +628,7 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
         "unmatched_reasons": dict(reasons), "bad_lines": len(bad), "bad_line_examples": bad[:20],
         "bad_rows": len(rows.bad_rows), "skipped_files": len(other),
         **{k: counts[k] for k in ("matched_by_index", "index_misses", "padding", "ambiguous", "missing_images",
-                                  "reward_errors", "score_mismatches", *COUNTERS)},
+                                  "rows_without_frame", "reward_errors", "score_mismatches", *COUNTERS)},
         "sections": {sid: total for sid, _, _, total, _ in parts},
     }
     nav = "".join(f"<a href='#{sid}'>{html.escape(title)} ({total})</a>" for sid, title, _, total, _ in parts)
