@@ -23,7 +23,6 @@ from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _all_sources(root: Path, family: str, **kw) -> list[Path]:
@@ -61,7 +60,7 @@ def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
     convert_coco(labelme_coco(), None, tmp_path / "det.parquet", ConvertOptions(progress=False, image_store="resized"))
     for name in ("ocr", "det"):
         run = subprocess.run(
-            [sys.executable, REPO / "data_prep" / "inspect.py", tmp_path / f"{name}.parquet", "--processor",
+            [sys.executable, "-m", "perception_r1_verl.data.cli", "check", tmp_path / f"{name}.parquet", "--processor",
              qwen2_5_vl_processor_dir],
             capture_output=True, text=True,
         )

@@ -371,7 +371,8 @@ def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor,
 def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
     settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
     command = recipe.prep_command(TASKS["coco_det"], settings, "val")
-    flags = dict(zip(command[2::2], command[3::2], strict=False))
+    assert command[:4] == [sys.executable, "-m", "perception_r1_verl.data.cli", "coco_det"]
+    flags = dict(zip(command[4::2], command[5::2], strict=False))
     assert flags["--annotations"] == str(tmp_path / "coco" / "annotations" / "instances_val2017.json")
     assert flags["--images"] == str(tmp_path / "coco" / "val2017")
     assert flags["--out"] == str(tmp_path / "data" / "coco_det" / "val.parquet")

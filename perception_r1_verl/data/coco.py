@@ -167,7 +167,7 @@ def convert_coco(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="data_prep/coco_det.py",
+        prog="perception-r1-prep coco_det",
         description="COCO-format detection annotations -> verl parquet (task 'detection').",
     )
     p.add_argument("--annotations", required=True, type=Path, help="instances_{train,val}2017.json or any COCO-format file")

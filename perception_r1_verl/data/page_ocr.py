@@ -145,7 +145,7 @@ def convert_page_ocr(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="data_prep/page_ocr.py", description="Page OCR tables -> verl parquet (task 'ocr').")
+    p = argparse.ArgumentParser(prog="perception-r1-prep page_ocr", description="Page OCR tables -> verl parquet (task 'ocr').")
     p.add_argument(
         "--table",
         "--jsonl",

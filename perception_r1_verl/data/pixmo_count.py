@@ -229,7 +229,7 @@ def convert_pixmo_count(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="data_prep/pixmo_count.py",
+        prog="perception-r1-prep pixmo_count",
         description="PixMo-Count table -> verl parquet (task 'counting').",
     )
     p.add_argument("--table", nargs="+", required=True, type=Path, help="tables (.parquet, .jsonl or .json)")

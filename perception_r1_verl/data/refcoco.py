@@ -346,7 +346,7 @@ def convert_refcoco(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="data_prep/refcoco.py",
+        prog="perception-r1-prep refcoco",
         description="RefCOCO/RefCOCO+/RefCOCOg -> verl parquet (task 'grounding'), one row per expression.",
     )
     src = p.add_mutually_exclusive_group(required=True)
