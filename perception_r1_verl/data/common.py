@@ -360,7 +360,45 @@ class ParquetSink:
 
 # --- the driver ----------------------------------------------------------------------
 
-RowBuilder = Callable[[Job, Geometry, bytes, int, Stats], "dict | None"]
+Answer = Callable[[Job, Geometry, Stats], "tuple[str, dict] | None"]
+
+
+@dataclass(frozen=True)
+class RowBuilder:
+    """What a converter adds to the shared row: its task, ``data_source`` and ``answer``.
+
+    ``answer(job, geometry, stats)`` returns the prompt and the ground truth of the job's
+    row (ground truth in the answer frame), or None after counting why it has none.
+    """
+
+    task: str
+    data_source: str
+    answer: Answer
+
+    def row(self, job: Job, img: LoadedImage, index: int, options: ConvertOptions, stats: Stats) -> dict | None:
+        """The row of ``job`` with its loaded image, or None after counting why."""
+        if img.error:
+            stats.hit(img.error, f"{job.record}: {img.detail}")
+            return None
+        if job.expected_size is not None and tuple(job.expected_size) != img.size:
+            stats.hit("size_mismatch", f"{job.record}: annotated {job.expected_size}, file {img.size}")
+            return None
+        geometry = Geometry.of(img.size, options)
+        answered = self.answer(job, geometry, stats)
+        if answered is None:
+            return None
+        prompt, ground_truth = answered
+        return make_row(
+            data_source=self.data_source,
+            task=self.task,
+            prompt=prompt,
+            image=img.data,
+            geometry=geometry,
+            ground_truth=ground_truth,
+            source_id=job.source_id,
+            index=index,
+            options=options,
+        )
 
 
 def summary_path(out: Path) -> Path:
@@ -368,19 +406,11 @@ def summary_path(out: Path) -> Path:
     return Path(out).with_suffix(".summary.json")
 
 
-def convert(
-    jobs: Sequence[Job],
-    build_row: RowBuilder,
-    out: Path,
-    options: ConvertOptions,
-    stats: Stats,
-    source: str,
-) -> dict:
-    """Stream ``jobs`` into ``out``; return (and write next to it) the summary.
+def convert(jobs: Sequence[Job], builder: RowBuilder, out: Path, options: ConvertOptions, stats: Stats) -> dict:
+    """Stream ``jobs`` into ``out`` as ``builder``'s rows; return (and write next to it) the summary.
 
-    ``build_row(job, geometry, image_bytes, index, stats)`` returns the row or None
-    after counting why. With ``options.limit`` the jobs are visited in a seeded random
-    order until that many rows are written.
+    With ``options.limit`` the jobs are visited in a seeded random order until that many
+    rows are written.
     """
     start = time.perf_counter()
     order = np.random.default_rng(options.seed).permutation(len(jobs)) if options.limit else range(len(jobs))
@@ -388,10 +418,10 @@ def convert(
     sink = ParquetSink(out, options.row_group_rows)
     seen = 0
     try:
-        with _progress(target, options.progress, source) as bar:
+        with _progress(target, options.progress, builder.data_source) as bar:
             for job, img in _images(jobs, order, options):
                 seen += 1
-                row = _row(job, img, build_row, sink.count, options, stats)
+                row = builder.row(job, img, sink.count, options, stats)
                 if row is not None:
                     sink.add(row)
                     bar.update(1)
@@ -403,7 +433,7 @@ def convert(
         raise
     elapsed = time.perf_counter() - start
     summary = {
-        "source": source,
+        "source": builder.data_source,
         "out": str(out),
         "rows": sink.written,
         "records": len(jobs),
@@ -415,16 +445,6 @@ def convert(
     }
     summary_path(out).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _row(job: Job, img: LoadedImage, build_row: RowBuilder, index: int, options, stats: Stats):
-    if img.error:
-        stats.hit(img.error, f"{job.record}: {img.detail}")
-        return None
-    if job.expected_size is not None and tuple(job.expected_size) != img.size:
-        stats.hit("size_mismatch", f"{job.record}: annotated {job.expected_size}, file {img.size}")
-        return None
-    return build_row(job, Geometry.of(img.size, options), img.data, index, stats)
 
 
 def _images(jobs: Sequence[Job], order, options: ConvertOptions) -> Iterator[tuple[Job, LoadedImage]]:

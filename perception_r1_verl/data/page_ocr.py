@@ -22,10 +22,10 @@ from perception_r1_verl.data.common import (
     ConvertOptions,
     Geometry,
     Job,
+    RowBuilder,
     Stats,
     add_common_args,
     convert,
-    make_row,
     pick,
     run_cli,
 )
@@ -106,23 +106,13 @@ def default_images(table: Path) -> Path:
     return fox if table.name.endswith("_page_ocr.json") and fox.is_dir() else table.parent
 
 
-def ocr_builder(options: ConvertOptions, data_source: str = "page_ocr"):
-    """The ``build_row`` for :func:`convert` turning a page into an OCR row."""
+def ocr_builder(options: ConvertOptions, data_source: str = "page_ocr") -> RowBuilder:
+    """OCR rows of page jobs, for :func:`convert`."""
 
-    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
-        return make_row(
-            data_source=data_source,
-            task="ocr",
-            prompt=prompt_text("ocr", options.model_family, think=options.think),
-            image=image,
-            geometry=geo,
-            ground_truth={"text": job.payload},
-            source_id=job.source_id,
-            index=index,
-            options=options,
-        )
+    def answer(job: Job, geo: Geometry, stats: Stats):
+        return prompt_text("ocr", options.model_family, think=options.think), {"text": job.payload}
 
-    return build
+    return RowBuilder("ocr", data_source, answer)
 
 
 def convert_page_ocr(
@@ -141,7 +131,7 @@ def convert_page_ocr(
     tables = as_paths(jsonl)
     root = Path(images) if images is not None else default_images(tables[0])
     jobs = load_page_ocr(tables, root, stats, layout)
-    return convert(jobs, ocr_builder(options, data_source), out, options, stats, data_source)
+    return convert(jobs, ocr_builder(options, data_source), out, options, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:

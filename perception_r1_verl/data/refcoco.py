@@ -32,12 +32,12 @@ from perception_r1_verl.data.common import (
     DataError,
     Geometry,
     Job,
+    RowBuilder,
     Stats,
     add_common_args,
     convert,
     is_duplicate,
     is_number,
-    make_row,
     pick,
     run_cli,
 )
@@ -285,27 +285,18 @@ def load_table(
     return jobs
 
 
-def grounding_builder(options: ConvertOptions, data_source: str):
-    """The ``build_row`` for :func:`convert` turning a referring expression into a grounding row."""
+def grounding_builder(options: ConvertOptions, data_source: str) -> RowBuilder:
+    """Grounding rows of referring-expression jobs, for :func:`convert`."""
 
-    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
+    def answer(job: Job, geo: Geometry, stats: Stats):
         xyxy, expression = job.payload
         box = geo.box(xyxy, stats, job.record)
         if box is None:
             return None
-        return make_row(
-            data_source=data_source,
-            task="grounding",
-            prompt=prompt_text("grounding", options.model_family, expression=expression, think=options.think),
-            image=image,
-            geometry=geo,
-            ground_truth={"bbox_2d": box, "frame": list(geo.frame)},
-            source_id=job.source_id,
-            index=index,
-            options=options,
-        )
+        prompt = prompt_text("grounding", options.model_family, expression=expression, think=options.think)
+        return prompt, {"bbox_2d": box, "frame": list(geo.frame)}
 
-    return build
+    return RowBuilder("grounding", data_source, answer)
 
 
 def convert_refcoco(
@@ -341,7 +332,7 @@ def convert_refcoco(
         tables = as_paths(jsonl)
         root = Path(images) if images is not None else tables[0].parent
         jobs = load_table(tables, root, split, bbox_format, stats, layout)
-    return convert(jobs, grounding_builder(options, dataset), out, options, stats, dataset)
+    return convert(jobs, grounding_builder(options, dataset), out, options, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
