@@ -27,7 +27,9 @@ def child(impl: str, annotations: Path, images: Path, out: Path, workers: int) -
     import psutil
 
     from perception_r1_verl.data.coco import convert_coco, detection_builder, load_coco
-    from perception_r1_verl.data.common import ConvertOptions, Stats, load_image
+    from perception_r1_verl.data.images import load_image
+    from perception_r1_verl.data.options import ConvertOptions
+    from perception_r1_verl.data.rules import Stats
 
     options = ConvertOptions(progress=False, workers=workers)
     rss0 = psutil.Process().memory_info().rss

@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import json
 import re
+import subprocess
 import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path

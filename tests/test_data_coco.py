@@ -12,7 +12,9 @@ from data_sources import expected_box, labelme_coco, oracle_input_size, rows, vo
 from PIL import Image
 
 from perception_r1_verl.data.coco import convert_coco
-from perception_r1_verl.data.common import ConvertOptions, DataError, summary_path
+from perception_r1_verl.data.driver import summary_path
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import DataError
 from perception_r1_verl.data.sample import make_sample_coco
 
 REPO = Path(__file__).resolve().parents[1]

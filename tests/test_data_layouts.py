@@ -35,10 +35,11 @@ import pytest
 from data_sources import coins_with_points, expected_box, oracle_input_size, rows, tesseract_page, voc_as_coco
 from PIL import Image
 
-from perception_r1_verl.data.common import ConvertOptions, DataError
+from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco
+from perception_r1_verl.data.rules import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets' Image feature in parquet

@@ -11,7 +11,7 @@ from pathlib import Path
 from data_sources import oracle_input_size, rows, tesseract_page
 from PIL import Image
 
-from perception_r1_verl.data.common import ConvertOptions
+from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from data_sources import coins_with_points, oracle_input_size, rows
 
-from perception_r1_verl.data.common import ConvertOptions
+from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from data_sources import expected_box, labelme_coco, oracle_input_size, rows, voc_as_coco
 
-from perception_r1_verl.data.common import ConvertOptions, DataError
+from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.refcoco import convert_refcoco, safe_load_pickle
+from perception_r1_verl.data.rules import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,8 @@ from qwen_fixtures import qwen2_5_vl_processor_dir, write_qwen2_5_vl_processor  
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco import convert_coco
-from perception_r1_verl.data.common import SCHEMA, ConvertOptions
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rows import SCHEMA
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco

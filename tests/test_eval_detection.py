@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not LABELME.exists(), reason=LABELME_MISSING)
 def split(request, tmp_path_factory):
     """The labelme COCO set converted by data_prep's converter, every image kept."""
     from perception_r1_verl.data.coco import convert_coco
-    from perception_r1_verl.data.common import ConvertOptions
+    from perception_r1_verl.data.options import ConvertOptions
 
     out = tmp_path_factory.mktemp(request.param) / "val.parquet"
     with contextlib.redirect_stderr(io.StringIO()):

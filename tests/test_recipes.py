@@ -269,7 +269,7 @@ def test_qwen3_vl_data_keeps_its_processors_minimum_size(tmp_path):
     settings = settings_for("coco_det", tmp_path, tmp_path / "model", MODEL_FAMILY="qwen3_vl")
     command = recipe.prep_command(TASKS["coco_det"], settings, "val")
     assert "--min-pixels" not in command
-    from perception_r1_verl.data.common import ConvertOptions
+    from perception_r1_verl.data.options import ConvertOptions
 
     assert ConvertOptions(model_family="qwen3_vl").min_pixels == 65536
 

@@ -14,19 +14,12 @@ from pathlib import Path
 
 import orjson
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    DataError,
-    Geometry,
-    Job,
-    RowBuilder,
-    Stats,
-    add_common_args,
-    convert,
-    is_duplicate,
-    is_number,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import DataError, Stats
+from perception_r1_verl.data.tables import is_duplicate, is_number
 from perception_r1_verl.prompts import prompt_text
 
 PROMPT_CATEGORIES = ("all", "present")

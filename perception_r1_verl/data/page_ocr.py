@@ -18,18 +18,13 @@ import argparse
 from pathlib import Path
 from typing import NamedTuple
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    Geometry,
-    Job,
-    RowBuilder,
-    Stats,
-    add_common_args,
-    convert,
-    pick,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import Layout, as_paths, image_key, keep, one_image, read_layout, with_root
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import Stats
+from perception_r1_verl.data.tables import pick
 from perception_r1_verl.prompts import prompt_text
 
 

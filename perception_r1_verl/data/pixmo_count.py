@@ -24,18 +24,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    Geometry,
-    Job,
-    RowBuilder,
-    Stats,
-    add_common_args,
-    convert,
-    is_number,
-    pick,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import (
     Layout,
     as_paths,
@@ -46,6 +37,9 @@ from perception_r1_verl.data.layouts import (
     strip_image_tokens,
     with_root,
 )
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import Stats
+from perception_r1_verl.data.tables import is_number, pick
 from perception_r1_verl.prompts import prompt_text
 
 

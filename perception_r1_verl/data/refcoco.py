@@ -27,20 +27,9 @@ from typing import NamedTuple
 
 import orjson
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    DataError,
-    Geometry,
-    Job,
-    RowBuilder,
-    Stats,
-    add_common_args,
-    convert,
-    is_duplicate,
-    is_number,
-    pick,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import (
     Layout,
     as_paths,
@@ -53,6 +42,9 @@ from perception_r1_verl.data.layouts import (
     with_root,
     xywh_to_xyxy,
 )
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import DataError, Stats
+from perception_r1_verl.data.tables import is_duplicate, is_number, pick
 from perception_r1_verl.prompts import prompt_text
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
