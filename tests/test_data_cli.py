@@ -62,3 +62,17 @@ def test_module_and_wrappers_show_their_help(command):
     run = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO / "data_prep")
     assert run.returncode == 0, run.stderr
     assert run.stdout.startswith("usage: perception-r1-prep")
+
+
+def test_a_wrapper_converts_from_inside_data_prep(tmp_path):
+    """Run from data_prep/ (the script's folder first on sys.path), numpy, pyarrow and PIL still
+    import the standard library, not a script of that folder."""
+    src = make_sample_sources(tmp_path / "s", n_images=2)
+    out = tmp_path / "o.parquet"
+    run = subprocess.run(
+        [sys.executable, "coco_det.py", "--annotations", src.annotations, "--images", src.images, "--out", out,
+         "--no-progress"],
+        capture_output=True, text=True, cwd=REPO / "data_prep",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert pq.read_table(out).column("ability").to_pylist() == ["detection", "detection"]

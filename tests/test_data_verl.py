@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
-from qwen_fixtures import qwen2_5_vl_processor_dir, write_qwen2_5_vl_processor  # noqa: F401 (fixture)
+from qwen_fixtures import write_qwen2_5_vl_processor
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco import convert_coco

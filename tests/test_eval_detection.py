@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from eval_fixtures import LABELME, LABELME_MISSING
+from data_sources import LABELME, LABELME_MISSING
 
 from perception_r1_verl.eval.dataset import read_split
 from perception_r1_verl.eval.score import score
