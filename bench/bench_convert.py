@@ -27,7 +27,9 @@ def child(impl: str, annotations: Path, images: Path, out: Path, workers: int) -
     import psutil
 
     from perception_r1_verl.data.coco import convert_coco, detection_builder, load_coco
-    from perception_r1_verl.data.common import ConvertOptions, Geometry, Stats, load_image
+    from perception_r1_verl.data.images import load_image
+    from perception_r1_verl.data.options import ConvertOptions
+    from perception_r1_verl.data.rules import Stats
 
     options = ConvertOptions(progress=False, workers=workers)
     rss0 = psutil.Process().memory_info().rss
@@ -39,11 +41,11 @@ def child(impl: str, annotations: Path, images: Path, out: Path, workers: int) -
 
         stats = Stats()
         jobs, categories = load_coco(annotations, images, stats)
-        build = detection_builder(categories, options)
+        builder = detection_builder(categories, options)
         collected = []
         for job in jobs:
             img = load_image(job.image, options.image_store, options.model_family, options.min_pixels, options.max_pixels)
-            row = build(job, Geometry.of(img.size, options), img.data, len(collected), stats)
+            row = builder.row(job, img, len(collected), options, stats)
             if row is not None:
                 collected.append(row)
         pd.DataFrame(collected).to_parquet(out)

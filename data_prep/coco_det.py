@@ -1,12 +1,8 @@
-"""COCO-format detection annotations -> verl multimodal parquet. `python data_prep/coco_det.py --help`; see README, *Preparing data*."""
+"""`perception-r1-prep coco_det` as a script: COCO-format detection annotations (task detection). See `perception-r1-prep coco_det --help`."""
 
-import os
 import sys
 
-# data_prep/inspect.py would shadow the standard library's inspect module for scripts run from here.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from perception_r1_verl.data.coco import main  # noqa: E402
+from perception_r1_verl.data.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["coco_det", *sys.argv[1:]]))

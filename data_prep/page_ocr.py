@@ -1,12 +1,8 @@
-"""Page OCR tables (Fox benchmark, EasyR1, jsonl) -> verl multimodal parquet. `python data_prep/page_ocr.py --help`; see README, *Preparing data*."""
+"""`perception-r1-prep page_ocr` as a script: Fox page OCR, EasyR1 or jsonl tables (ocr). See `perception-r1-prep page_ocr --help`."""
 
-import os
 import sys
 
-# data_prep/inspect.py would shadow the standard library's inspect module for scripts run from here.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from perception_r1_verl.data.page_ocr import main  # noqa: E402
+from perception_r1_verl.data.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["page_ocr", *sys.argv[1:]]))

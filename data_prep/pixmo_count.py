@@ -1,12 +1,8 @@
-"""Counting tables (PixMo-Count, EasyR1) -> verl multimodal parquet. `python data_prep/pixmo_count.py --help`; see README, *Preparing data*."""
+"""`perception-r1-prep pixmo_count` as a script: PixMo-Count or EasyR1 counting tables (counting). See `perception-r1-prep pixmo_count --help`."""
 
-import os
 import sys
 
-# data_prep/inspect.py would shadow the standard library's inspect module for scripts run from here.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from perception_r1_verl.data.pixmo_count import main  # noqa: E402
+from perception_r1_verl.data.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["pixmo_count", *sys.argv[1:]]))

@@ -1,12 +1,8 @@
-"""RefCOCO/RefCOCO+/RefCOCOg (refer toolkit, VLM-R1, lmms-lab parquet, EasyR1, jsonl) -> verl multimodal parquet. `python data_prep/refcoco.py --help`; see README, *Preparing data*."""
+"""`perception-r1-prep refcoco` as a script: RefCOCO/+/g: refer toolkit, VLM-R1, lmms-lab, EasyR1, jsonl (grounding). See `perception-r1-prep refcoco --help`."""
 
-import os
 import sys
 
-# data_prep/inspect.py would shadow the standard library's inspect module for scripts run from here.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from perception_r1_verl.data.refcoco import main  # noqa: E402
+from perception_r1_verl.data.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["refcoco", *sys.argv[1:]]))

@@ -532,11 +532,14 @@ def sample_args(task: Task, split: str, sample_dir: Path) -> list[str]:
 
 
 def prep_command(task: Task, settings: Settings, split: str) -> list[str]:
-    """``data_prep/<task>.py`` for one split: from ``DATASET_ROOT``, else the offline sample."""
+    """``perception-r1-prep <task>`` for one split: from ``DATASET_ROOT``, else the offline sample.
+
+    Run as ``python -m`` with this interpreter, so it needs neither the console script on
+    ``PATH`` nor a source checkout.
+    """
     limit = settings.train_limit if split == "train" else settings.val_limit
     command = [
-        sys.executable,
-        str(REPO_ROOT / "data_prep" / f"{task.name}.py"),
+        sys.executable, "-m", "perception_r1_verl.data.cli", task.name,
         "--out", str(settings.parquet(split)),
         "--split", split,
         "--seed", str(settings.seed),
@@ -592,7 +595,7 @@ def prepare_data(task: Task, settings: Settings) -> None:
         print(f"[recipe] {split}: {shlex.join(command)}", flush=True)
         subprocess.run(command, check=True)
         if not out.exists():
-            raise SystemExit(f"{command[1]} finished without writing {out}")
+            raise SystemExit(f"perception-r1-prep {task.name} finished without writing {out}")
 
 
 # ---------------------------------------------------------------- reward check

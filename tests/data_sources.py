@@ -11,6 +11,8 @@ Tests needing an apt package skip, naming it, when it is absent.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,29 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-LABELME_COCO = Path("/usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_coco/annotations.json")
+from perception_r1_verl.data.options import ConvertOptions
+
+# Real COCO-format data from Debian's labelme-examples: 3 photos, ids (annotations too) from 0.
+LABELME = Path("/usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_coco/annotations.json")
+LABELME_MISSING = "Debian package labelme-examples is not installed (apt-get install -y labelme-examples); CI installs it"
 TESSERACT_DIR = Path("/usr/share/cargo/registry/tesseract-sys-0.5.14")
 
 
 def labelme_coco() -> Path:
-    if not LABELME_COCO.exists():
-        pytest.skip("needs the Debian package labelme-examples (apt-get install labelme-examples)")
-    return LABELME_COCO
+    if not LABELME.exists():
+        pytest.skip(LABELME_MISSING)
+    return LABELME
+
+
+def opts(**kw) -> ConvertOptions:
+    """Converter options for tests: no progress bar."""
+    return ConvertOptions(progress=False, **kw)
+
+
+def prep(source: str, *args) -> subprocess.CompletedProcess:
+    """``perception-r1-prep SOURCE ARGS --no-progress`` in a fresh interpreter (what the console script runs)."""
+    command = [sys.executable, "-m", "perception_r1_verl.data.cli", source, *map(str, args), "--no-progress"]
+    return subprocess.run(command, capture_output=True, text=True)
 
 
 def tesseract_page() -> tuple[Path, str]:

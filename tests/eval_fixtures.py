@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-
-# Real COCO-format data from Debian's labelme-examples: 3 photos, ids (annotations too) from 0.
-LABELME = Path("/usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_coco/annotations.json")
-LABELME_MISSING = "Debian package labelme-examples is not installed (apt-get install -y labelme-examples); CI installs it"
 
 PROMPTS = {"grounding": "Output the bounding box of the dog in the image.", "counting": "Output all the bounding boxes of the apple",
            "ocr": "OCR this image."}

@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from data_sources import expected_box, labelme_coco, oracle_input_size, rows, voc_as_coco
+from data_sources import expected_box, labelme_coco, opts, oracle_input_size, prep, rows, voc_as_coco
 from PIL import Image
 
 from perception_r1_verl.data.coco import convert_coco
-from perception_r1_verl.data.common import ConvertOptions, DataError, summary_path
+from perception_r1_verl.data.driver import summary_path
+from perception_r1_verl.data.rules import DataError
 from perception_r1_verl.data.sample import make_sample_coco
 
-REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
 MIN_PIXELS = {"qwen2_5_vl": 3136, "qwen2_vl": 3136, "qwen3_vl": 65536}  # Qwen3-VL: its processor's minimum
-
-
-def opts(**kw) -> ConvertOptions:
-    return ConvertOptions(progress=False, **kw)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -171,17 +165,13 @@ def test_resized_store_is_the_input_image(tmp_path):
 
 def test_cli_help_and_run(tmp_path):
     s = make_sample_coco(tmp_path / "s", n_images=3)
-    script = REPO / "data_prep" / "coco_det.py"
-    help_text = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    help_text = prep("coco_det", "--help").stdout
     for flag in ("--annotations", "--images", "--out", "--split", "--limit", "--seed", "--model-family", "--min-pixels",
                  "--max-pixels", "--think", "--strict", "--workers"):
         assert flag in help_text
     out = tmp_path / "o.parquet"
-    run = subprocess.run(
-        [sys.executable, script, "--annotations", s.annotations, "--images", s.images, "--out", out, "--split", "val",
-         "--model-family", "qwen3_vl", "--no-progress"],
-        capture_output=True, text=True,
-    )
+    run = prep("coco_det", "--annotations", s.annotations, "--images", s.images, "--out", out, "--split", "val",
+               "--model-family", "qwen3_vl")  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "wrote 3 rows" in run.stderr
     assert {r["extra_info"]["split"] for r in rows(out)} == {"val"}
@@ -189,9 +179,5 @@ def test_cli_help_and_run(tmp_path):
 
 def test_cli_strict_exits_2(tmp_path):
     s = _broken_set(tmp_path / "s")
-    run = subprocess.run(
-        [sys.executable, REPO / "data_prep" / "coco_det.py", "--annotations", s.annotations, "--images", s.images,
-         "--out", tmp_path / "o.parquet", "--strict", "--no-progress"],
-        capture_output=True, text=True,
-    )
+    run = prep("coco_det", "--annotations", s.annotations, "--images", s.images, "--out", tmp_path / "o.parquet", "--strict")
     assert run.returncode == 2 and "error: duplicate_id at image id 4" in run.stderr

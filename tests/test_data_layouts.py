@@ -25,22 +25,19 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_sources import coins_with_points, expected_box, oracle_input_size, rows, tesseract_page, voc_as_coco
+from data_sources import coins_with_points, expected_box, opts, oracle_input_size, prep, rows, tesseract_page, voc_as_coco
 from PIL import Image
 
-from perception_r1_verl.data.common import ConvertOptions, DataError
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco
+from perception_r1_verl.data.rules import DataError
 
-REPO = Path(__file__).resolve().parents[1]
 HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # datasets' Image feature in parquet
 
 # om-ai-lab/VLM-R1 issue #11 (2025-02-20), one record of rec_jsons_processed, verbatim.
@@ -64,16 +61,6 @@ VLM_R1_RECORD = {
 }
 
 
-def opts(**kw) -> ConvertOptions:
-    return ConvertOptions(progress=False, **kw)
-
-
-def cli(script: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, REPO / "data_prep" / script, *map(str, args), "--no-progress"], capture_output=True, text=True
-    )
-
-
 def frame_of(family: str, size) -> tuple[int, int]:
     return oracle_input_size(family, size) if family == "qwen2_5_vl" else (1000, 1000)
 
@@ -95,7 +82,7 @@ def test_vlm_r1_json_detected_and_read(tmp_path, coco_root):
     ann = tmp_path / "rec_jsons_processed" / "refcocop_val.json"
     ann.parent.mkdir()
     ann.write_text(json.dumps([VLM_R1_RECORD, other, VLM_R1_RECORD | {"normal_caption": None}], indent=4))
-    run = cli("refcoco.py", "--table", ann, "--images", coco_root, "--out", tmp_path / "o.parquet")
+    run = prep("refcoco", "--table", ann, "--images", coco_root, "--out", tmp_path / "o.parquet")
     assert run.returncode == 0, run.stderr
     got = {r["prompt"][0]["content"].split(" in the image")[0]: r for r in rows(tmp_path / "o.parquet")}
     assert len(got) == 2 and "malformed_record: 1" in run.stderr  # the record without its expression
@@ -169,7 +156,7 @@ def test_lmms_lab_parquet_embedded_images(tmp_path, workers):
     image = (voc_dir / "voc.jpg").read_bytes()
     table = _lmms_table(tmp_path / "RefCOCOplus", "testA", boxes, image)
     out = tmp_path / "o.parquet"
-    run = cli("refcoco.py", "--table", table, "--out", out, "--model-family", "qwen3_vl", "--workers", workers)
+    run = prep("refcoco", "--table", table, "--out", out, "--model-family", "qwen3_vl", "--workers", workers)
     assert run.returncode == 0, run.stderr
     got = {r["extra_info"]["source_id"]: r for r in rows(out)}
     assert len(got) == 2 * len(boxes) and "malformed_record: 1" in run.stderr
@@ -191,7 +178,7 @@ def test_lmms_lab_parquet_embedded_images(tmp_path, workers):
 def test_lmms_lab_dataset_and_split_from_the_hub_path(tmp_path, repo, split, dataset):
     coins, _ = coins_with_points(tmp_path / "coins")
     table = _lmms_table(tmp_path / "hub" / repo, split, [([5, 5, 100, 80], "coin")], coins.read_bytes())
-    run = cli("refcoco.py", "--table", table, "--out", tmp_path / "o.parquet")
+    run = prep("refcoco", "--table", table, "--out", tmp_path / "o.parquet")
     assert run.returncode == 0, run.stderr
     got = rows(tmp_path / "o.parquet")
     assert len(got) == 2 and {(r["data_source"], r["extra_info"]["split"]) for r in got} == {(dataset, split)}
@@ -300,7 +287,7 @@ def test_fox_page_ocr_benchmark_folder(tmp_path):
         )
     )
     out = tmp_path / "o.parquet"
-    run = cli("page_ocr.py", "--table", bench / "en_page_ocr.json", "--out", out, "--split", "test")
+    run = prep("page_ocr", "--table", bench / "en_page_ocr.json", "--out", out, "--split", "test")
     assert run.returncode == 0, run.stderr
     (r,) = rows(out)
     assert r["gt"] == {"text": text} and r["extra_info"]["source_id"] == "en_1.png"
@@ -312,24 +299,24 @@ def test_fox_page_ocr_benchmark_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("script", "accepted"),
+    ("source", "accepted"),
     [
-        ("refcoco.py", ["lmms_lab", "vlm_r1", "vlm_r1_jsonl", "easyr1", "jsonl"]),
-        ("page_ocr.py", ["fox", "easyr1", "jsonl"]),
-        ("pixmo_count.py", ["easyr1", "pixmo"]),
+        ("refcoco", ["lmms_lab", "vlm_r1", "vlm_r1_jsonl", "easyr1", "jsonl"]),
+        ("page_ocr", ["fox", "easyr1", "jsonl"]),
+        ("pixmo_count", ["easyr1", "pixmo"]),
     ],
 )
-def test_unknown_layout_is_an_error(tmp_path, script, accepted):
+def test_unknown_layout_is_an_error(tmp_path, source, accepted):
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps({"picture": "a.png", "caption": "hello"}) + "\n")
-    run = cli(script, "--table", path, "--out", tmp_path / "o.parquet")
+    run = prep(source, "--table", path, "--out", tmp_path / "o.parquet")
     assert run.returncode == 2 and not (tmp_path / "o.parquet").exists()
     assert "no layout this converter reads" in run.stderr and "caption, picture" in run.stderr
     for name in accepted:
         assert f"{name} (" in run.stderr
     empty = tmp_path / "e.jsonl"
     empty.write_text("\n")
-    run = cli(script, "--table", empty, "--out", tmp_path / "o.parquet")
+    run = prep(source, "--table", empty, "--out", tmp_path / "o.parquet")
     assert run.returncode == 2 and "holds no record" in run.stderr
 
 
@@ -344,5 +331,5 @@ def test_forced_layout_counts_other_records_and_strict_stops(tmp_path, coco_root
     path.write_text(json.dumps([VLM_R1_RECORD]))
     with pytest.raises(DataError, match=r"none of the 1 records of .*r.json reads as jsonl \(image"):
         convert_refcoco(tmp_path / "o.parquet", opts(), jsonl=path, images=coco_root, layout="jsonl")
-    run = cli("refcoco.py", "--table", path, "--images", coco_root, "--layout", "vlm_r1", "--out", tmp_path / "v.parquet")
+    run = prep("refcoco", "--table", path, "--images", coco_root, "--layout", "vlm_r1", "--out", tmp_path / "v.parquet")
     assert run.returncode == 0 and len(rows(tmp_path / "v.parquet")) == 1

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-from data_sources import oracle_input_size, rows, tesseract_page
+from data_sources import oracle_input_size, prep, rows, tesseract_page
 from PIL import Image
 
-from perception_r1_verl.data.common import ConvertOptions
+from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.page_ocr import convert_page_ocr
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_tesseract_page(tmp_path):
@@ -22,11 +17,7 @@ def test_tesseract_page(tmp_path):
     shutil.copy(img, tmp_path / "page.png")
     (tmp_path / "pages.jsonl").write_text(json.dumps({"image": "page.png", "text": text, "id": "rust-1"}) + "\n")
     out = tmp_path / "o.parquet"
-    run = subprocess.run(
-        [sys.executable, REPO / "data_prep" / "page_ocr.py", "--jsonl", tmp_path / "pages.jsonl", "--out", out,
-         "--model-family", "qwen2_vl", "--no-progress"],
-        capture_output=True, text=True,
-    )
+    run = prep("page_ocr", "--jsonl", tmp_path / "pages.jsonl", "--out", out, "--model-family", "qwen2_vl")
     assert run.returncode == 0, run.stderr
     (r,) = rows(out)
     size = Image.open(img).size

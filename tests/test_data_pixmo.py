@@ -5,23 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_sources import coins_with_points, oracle_input_size, rows
+from data_sources import coins_with_points, opts, oracle_input_size, prep, rows
 
-from perception_r1_verl.data.common import ConvertOptions
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def opts(**kw) -> ConvertOptions:
-    return ConvertOptions(progress=False, **kw)
 
 
 @pytest.fixture
@@ -91,11 +81,7 @@ def test_cli(tmp_path, coins):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps({"image_sha256": sha, "label": "coins", "count": len(points), "points": points}) + "\n")
     out = tmp_path / "o.parquet"
-    run = subprocess.run(
-        [sys.executable, REPO / "data_prep" / "pixmo_count.py", "--table", path, "--images", images, "--out", out,
-         "--think", "--no-progress"],
-        capture_output=True, text=True,
-    )
+    run = prep("pixmo_count", "--table", path, "--images", images, "--out", out, "--think")
     assert run.returncode == 0, run.stderr
     (r,) = rows(out)
     assert r["gt"]["count"] == len(points) and r["extra_info"]["think"] is True

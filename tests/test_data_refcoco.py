@@ -5,21 +5,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from data_sources import expected_box, labelme_coco, oracle_input_size, rows, voc_as_coco
+from data_sources import expected_box, labelme_coco, opts, oracle_input_size, prep, rows, voc_as_coco
 
-from perception_r1_verl.data.common import ConvertOptions, DataError
 from perception_r1_verl.data.refcoco import convert_refcoco, safe_load_pickle
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def opts(**kw) -> ConvertOptions:
-    return ConvertOptions(progress=False, **kw)
+from perception_r1_verl.data.rules import DataError
 
 
 def _refs_from_labelme(folder: Path) -> tuple[Path, Path, dict]:
@@ -75,11 +67,7 @@ def test_refer_pickle_every_family(tmp_path, family):
 def test_refer_split_filter_and_cli(tmp_path):
     refs, ann, coco = _refs_from_labelme(tmp_path)
     out = tmp_path / "val.parquet"
-    run = subprocess.run(
-        [sys.executable, REPO / "data_prep" / "refcoco.py", "--refs", refs, "--instances", ann, "--images", ann.parent,
-         "--split", "val", "--out", out, "--no-progress"],
-        capture_output=True, text=True,
-    )
+    run = prep("refcoco", "--refs", refs, "--instances", ann, "--images", ann.parent, "--split", "val", "--out", out)
     assert run.returncode == 0, run.stderr
     got = rows(out)
     assert len(got) == 2 * sum(1 for a in coco["annotations"] if a["id"] % 3 == 0)

@@ -14,16 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
-from qwen_fixtures import qwen2_5_vl_processor_dir, write_qwen2_5_vl_processor  # noqa: F401 (fixture)
+from qwen_fixtures import write_qwen2_5_vl_processor
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco import convert_coco
-from perception_r1_verl.data.common import SCHEMA, ConvertOptions
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rows import SCHEMA
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _all_sources(root: Path, family: str, **kw) -> list[Path]:
@@ -61,7 +61,7 @@ def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
     convert_coco(labelme_coco(), None, tmp_path / "det.parquet", ConvertOptions(progress=False, image_store="resized"))
     for name in ("ocr", "det"):
         run = subprocess.run(
-            [sys.executable, REPO / "data_prep" / "inspect.py", tmp_path / f"{name}.parquet", "--processor",
+            [sys.executable, "-m", "perception_r1_verl.data.cli", "check", tmp_path / f"{name}.parquet", "--processor",
              qwen2_5_vl_processor_dir],
             capture_output=True, text=True,
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from eval_fixtures import LABELME, LABELME_MISSING
+from data_sources import LABELME, LABELME_MISSING
 
 from perception_r1_verl.eval.dataset import read_split
 from perception_r1_verl.eval.score import score
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not LABELME.exists(), reason=LABELME_MISSING)
 def split(request, tmp_path_factory):
     """The labelme COCO set converted by data_prep's converter, every image kept."""
     from perception_r1_verl.data.coco import convert_coco
-    from perception_r1_verl.data.common import ConvertOptions
+    from perception_r1_verl.data.options import ConvertOptions
 
     out = tmp_path_factory.mktemp(request.param) / "val.parquet"
     with contextlib.redirect_stderr(io.StringIO()):

@@ -16,17 +16,12 @@ from io import BytesIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from eval_fixtures import LABELME, LABELME_MISSING, make_split, png
+from data_sources import LABELME, LABELME_MISSING
+from eval_fixtures import make_split, png
 from PIL import Image
-from qwen_fixtures import build_tiny_qwen2_5_vl
 
 from perception_r1_verl.eval import cli
 from perception_r1_verl.eval.generate import build_messages, fetch_image, generate, resolve_model_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
 
 
 def split(tmp_path, n=5):
@@ -37,9 +32,9 @@ def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_transformers_generation_writes_and_resumes(tiny_model, tmp_path, capsys):
+def test_transformers_generation_writes_and_resumes(tiny_qwen2_5_vl, tmp_path, capsys):
     data, out = split(tmp_path), tmp_path / "responses.jsonl"
-    args = ["generate", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
+    args = ["generate", "--model", str(tiny_qwen2_5_vl), "--data", str(data), "--out", str(out),
             "--backend", "transformers", "--batch-size", "2", "--max-new-tokens", "4", "--device", "cpu"]
     assert cli.main([*args, "--limit", "3"]) == 0  # an interrupted run: 3 of 5 rows
     assert "3 generated (transformers), 0 already done, 5 rows" in capsys.readouterr().out
@@ -47,34 +42,34 @@ def test_transformers_generation_writes_and_resumes(tiny_model, tmp_path, capsys
     assert [r["index"] for r in first] == [0, 1, 2] and all(isinstance(r["response"], str) for r in first)
     # A kill in the middle of a write leaves half a line: it is dropped and regenerated.
     out.write_text(out.read_text() + '{"index": 3, "resp')
-    stats = generate(tiny_model, data, out, backend="transformers", batch_size=2, max_new_tokens=4, device="cpu",
+    stats = generate(tiny_qwen2_5_vl, data, out, backend="transformers", batch_size=2, max_new_tokens=4, device="cpu",
                      log=lambda _: None)
     assert (stats["generated"], stats["already_done"]) == (2, 3)
     rows = read_jsonl(out)
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and rows[:3] == first
     # Greedy: the same prompt gives the same answer, whatever batch it was in.
     assert len({r["response"] for r in rows}) == 1
-    again = generate(tiny_model, data, out, backend="transformers", log=lambda _: None)
+    again = generate(tiny_qwen2_5_vl, data, out, backend="transformers", log=lambda _: None)
     assert (again["generated"], again["already_done"]) == (0, 5) and read_jsonl(out) == rows
 
 
-def test_split_for_another_frame_is_refused(tiny_model, tmp_path):
+def test_split_for_another_frame_is_refused(tiny_qwen2_5_vl, tmp_path):
     data = split(tmp_path, n=1)
     rows = pq.read_table(data).to_pylist()
     rows[0]["extra_info"]["input_size"] = [140, 140]  # prepared with other pixel bounds
     pq.write_table(pa.Table.from_pylist(rows), data)
     with pytest.raises(ValueError, match=r"resizes the image to \(112, 112\), the split expects \(140, 140\)"):
-        generate(tiny_model, data, tmp_path / "r.jsonl", backend="transformers", log=lambda _: None)
+        generate(tiny_qwen2_5_vl, data, tmp_path / "r.jsonl", backend="transformers", log=lambda _: None)
 
 
-def test_prompt_is_what_verl_builds(tiny_model, tmp_path):
+def test_prompt_is_what_verl_builds(tiny_qwen2_5_vl, tmp_path):
     """Same messages as verl's RLHFDataset._build_messages, so the same chat text."""
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
     from perception_r1_verl.data.qwen_vl import load_processor
 
     row = pq.read_table(split(tmp_path, n=1)).to_pylist()[0]
-    processor = load_processor(tiny_model)
+    processor = load_processor(tiny_qwen2_5_vl)
     fake = types.SimpleNamespace(image_key="images", video_key="videos", audio_key="audios", processor=processor)
     example = dict(row, prompt=copy.deepcopy(row["prompt"]), images=[dict(row["images"][0])])  # verl mutates both
     verl_messages = RLHFDataset._build_messages(fake, example, "prompt")
@@ -101,7 +96,7 @@ def test_fetch_image_matches_qwen_vl_utils(size, mode, bounds):
         assert got.size == want.size and got.tobytes() == want.tobytes()
 
 
-def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_model, tmp_path):
+def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_qwen2_5_vl, tmp_path):
     """verl's merger writes a LoRA run as base weights + lora_adapter/: generate folds it in."""
     import shutil
 
@@ -110,7 +105,7 @@ def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_model, tmp_path):
     from transformers import AutoModelForImageTextToText
 
     merged = tmp_path / "merged"
-    shutil.copytree(tiny_model, merged)
+    shutil.copytree(tiny_qwen2_5_vl, merged)
     base = AutoModelForImageTextToText.from_pretrained(merged)
     # init_lora_weights=False: a non-zero adapter, so folding it in changes the model.
     lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
@@ -119,7 +114,7 @@ def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_model, tmp_path):
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         want = lora(input_ids=ids).logits
-        plain = AutoModelForImageTextToText.from_pretrained(tiny_model)(input_ids=ids).logits
+        plain = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl)(input_ids=ids).logits
     assert not torch.allclose(want, plain, atol=1e-4)
 
     data, out, said = split(tmp_path, n=2), tmp_path / "r.jsonl", []
@@ -145,16 +140,16 @@ def test_unmerged_verl_checkpoint_names_the_merge_command(tmp_path):
         resolve_model_dir(tmp_path)
 
 
-def test_vllm_backend_without_vllm_says_so(tiny_model, tmp_path):
+def test_vllm_backend_without_vllm_says_so(tiny_qwen2_5_vl, tmp_path):
     from perception_r1_verl.eval.generate import vllm_available
 
     if vllm_available():
         pytest.skip("vLLM is installed here")
     with pytest.raises(ValueError, match="vLLM is not installed"):
-        generate(tiny_model, split(tmp_path, n=1), tmp_path / "r.jsonl", backend="vllm", log=lambda _: None)
+        generate(tiny_qwen2_5_vl, split(tmp_path, n=1), tmp_path / "r.jsonl", backend="vllm", log=lambda _: None)
 
 
-def test_vllm_engine_plumbing_with_a_stand_in(tiny_model, tmp_path, monkeypatch):
+def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeypatch):
     """The vLLM path's requests and settings, with a stand-in module (no GPU here)."""
     import sys
 
@@ -175,7 +170,7 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_model, tmp_path, monkeypatch)
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     out = tmp_path / "r.jsonl"
-    stats = generate(tiny_model, split(tmp_path, n=3), out, tensor_parallel_size=4, batch_size=2, log=lambda _: None)
+    stats = generate(tiny_qwen2_5_vl, split(tmp_path, n=3), out, tensor_parallel_size=4, batch_size=2, log=lambda _: None)
     assert stats["backend"] == "vllm" and stats["generated"] == 3  # "auto" picks vLLM when importable
     assert calls["llm"]["tensor_parallel_size"] == 4 and calls["llm"]["limit_mm_per_prompt"] == {"image": 1}
     assert calls["sampling"] == {"temperature": 0.0, "max_tokens": 2048, "skip_special_tokens": False}
@@ -185,7 +180,7 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_model, tmp_path, monkeypatch)
     assert [r["response"] for r in read_jsonl(out)] == ["[1, 2, 3, 4]"] * 3
 
 
-def test_generate_then_score_end_to_end_on_real_photos(tiny_model, tmp_path):
+def test_generate_then_score_end_to_end_on_real_photos(tiny_qwen2_5_vl, tmp_path):
     """data_prep's COCO converter -> generate -> score, on labelme-examples' three photos."""
     import contextlib
     import io
@@ -193,12 +188,12 @@ def test_generate_then_score_end_to_end_on_real_photos(tiny_model, tmp_path):
     if not LABELME.exists():
         pytest.skip(LABELME_MISSING)
     from perception_r1_verl.data.coco import convert_coco
-    from perception_r1_verl.data.common import ConvertOptions
+    from perception_r1_verl.data.options import ConvertOptions
 
     data, responses, out = tmp_path / "val.parquet", tmp_path / "r.jsonl", tmp_path / "eval"
     with contextlib.redirect_stderr(io.StringIO()):
         convert_coco(LABELME, None, data, ConvertOptions(split="val"), keep_empty=True)
-    assert cli.main(["generate", "--model", str(tiny_model), "--data", str(data), "--out", str(responses),
+    assert cli.main(["generate", "--model", str(tiny_qwen2_5_vl), "--data", str(data), "--out", str(responses),
                      "--backend", "transformers", "--max-new-tokens", "8", "--device", "cpu"]) == 0
     assert cli.main(["score", "--data", str(data), "--responses", str(responses), "--out", str(out),
                      "--annotations", str(LABELME), "--top-k", "3"]) == 0

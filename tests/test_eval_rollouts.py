@@ -26,7 +26,7 @@ from PIL import Image
 from qwen_fixtures import QWEN_VL_CHAT_TEMPLATE, write_qwen2_5_vl_processor
 
 from perception_r1_verl import rewards
-from perception_r1_verl.data.common import ConvertOptions
+from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco
 from perception_r1_verl.data.sample import make_sample_sources

@@ -3,7 +3,7 @@
 The DATASET_ROOT follows the documented layout (refer-toolkit pickles, PixMo parquet
 tables, OCR jsonl, COCO annotations), built from the offline sample
 (``data.sample.make_sample_sources``); RefCOCOg is left out to check the missing-benchmark
-path. Generation is the real transformers backend (``test_eval_generate``'s random model),
+path. Generation is the real transformers backend (``conftest.py``'s random model),
 so the answers are noise: what is checked is the table's layout, the paper's columns, that
 every value comes from its split's metrics, and that reruns resume instead of redoing.
 """
@@ -18,7 +18,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from qwen_fixtures import build_tiny_qwen2_5_vl
 
 from perception_r1_verl.data.sample import make_sample_sources
 from perception_r1_verl.eval import cli
@@ -65,9 +64,8 @@ def build_dataset_root(root: Path, src: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model = build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
-    return model, build_dataset_root(tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("src"))
+def setup(tmp_path_factory, tiny_qwen2_5_vl):
+    return tiny_qwen2_5_vl, build_dataset_root(tmp_path_factory.mktemp("root"), tmp_path_factory.mktemp("src"))
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from qwen_fixtures import qwen2_5_vl_processor_dir  # noqa: F401  (fixture)
 
 from perception_r1_verl import recipe
 from perception_r1_verl.recipe import TASKS, Settings, build_overrides, compose, validate
@@ -162,7 +161,7 @@ def test_without_gpus_the_printed_command_is_for_a_machine_with_flash_attn(tmp_p
     assert settings.flash_attn and not set(recipe.NO_FLASH_ATTN_OVERRIDES) & set(build_overrides(TASKS["refcoco"], settings))
 
 
-def test_a_gpu_machine_without_flash_attn_says_so_once_and_launches_with_sdpa(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):  # noqa: F811
+def test_a_gpu_machine_without_flash_attn_says_so_once_and_launches_with_sdpa(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
     env = {"DATA_DIR": str(tmp_path), "MODEL_PATH": str(qwen2_5_vl_processor_dir), "MODEL_FAMILY": "qwen2_vl",
            "TRAIN_LIMIT": "8", "VAL_LIMIT": "2", "DRY_RUN": "1", "N_GPUS_PER_NODE": "8"}  # fmt: skip
     for name, value in env.items():
@@ -266,7 +265,7 @@ def test_on_a_gpu_machine_an_uncached_model_fails_without_retries(offline_hub):
     assert time.monotonic() - start < 10
 
 
-def test_a_local_model_folder_never_asks_the_hub(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):  # noqa: F811
+def test_a_local_model_folder_never_asks_the_hub(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
     monkeypatch.setattr(recipe, "hub_unreachable", lambda *a, **k: pytest.fail("the hub was checked"))
     recipe.load_tokenizer(_config(str(qwen2_5_vl_processor_dir)))
     assert capsys.readouterr().out == ""

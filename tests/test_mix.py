@@ -9,7 +9,6 @@ import sys
 from collections import Counter
 
 import pytest
-from qwen_fixtures import qwen2_5_vl_processor, qwen2_5_vl_processor_dir  # noqa: F401  (fixtures)
 from test_recipes import RECIPES, _launch_overrides
 
 from perception_r1_verl import recipe
@@ -32,7 +31,7 @@ def mix_env(data_dir, model_dir, **extra) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def mix_run(tmp_path_factory, qwen2_5_vl_processor_dir):  # noqa: F811
+def mix_run(tmp_path_factory, qwen2_5_vl_processor_dir):
     """``bash recipes/perception_mix.sh trainer.test_freq=10`` from an empty directory, once."""
     cwd = tmp_path_factory.mktemp("mix")
     env = {**os.environ, **mix_env(cwd / "data", qwen2_5_vl_processor_dir), "PYTHON": sys.executable}
@@ -65,7 +64,7 @@ def test_the_mix_recipe_prepares_checks_and_prints_the_launch(mix_run):
     assert config.data.image_patch_size == 14  # Qwen2.5-VL, chosen once for all tasks
 
 
-def test_the_mixed_training_set_loads_through_verls_rlhf_dataset(mix_run, qwen2_5_vl_processor):  # noqa: F811
+def test_the_mixed_training_set_loads_through_verls_rlhf_dataset(mix_run, qwen2_5_vl_processor):
     from verl.trainer.ppo.utils import create_rl_dataset
 
     _, settings = mix_run

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
-from qwen_fixtures import qwen2_5_vl_processor, qwen2_5_vl_processor_dir  # noqa: F401  (fixtures)
 
 from perception_r1_verl import recipe
 from perception_r1_verl.recipe import MIX, TASKS, Settings, build_overrides, compose, validate
@@ -49,7 +48,7 @@ def settings_for(task: str, data_dir: Path, model_dir: Path, **extra: str) -> Se
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, qwen2_5_vl_processor_dir):  # noqa: F811
+def prepared(tmp_path_factory, qwen2_5_vl_processor_dir):
     """task -> Settings whose sample parquet files exist (prepared once per module)."""
     cache: dict[str, Settings] = {}
 
@@ -213,7 +212,7 @@ def _launch_overrides(stdout: str) -> list[str]:
     return argv[argv.index(recipe.LAUNCH_MODULE) + 1 :]
 
 
-def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_processor_dir):  # noqa: F811
+def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_processor_dir):
     """``bash recipes/coco_det.sh trainer.total_epochs=2`` from an empty directory."""
     env = {
         **os.environ,
@@ -242,7 +241,7 @@ def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_
 
 
 @pytest.mark.parametrize("task", ["refcoco", "pixmo_count", "page_ocr"])
-def test_the_cpu_path_of_the_other_recipes(task, tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):  # noqa: F811
+def test_the_cpu_path_of_the_other_recipes(task, tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
     for name, value in recipe_env(task, tmp_path, qwen2_5_vl_processor_dir, DRY_RUN="1").items():
         monkeypatch.setenv(name, value)
     assert recipe.main([task, "--rows", "2"]) == 0
@@ -269,7 +268,7 @@ def test_qwen3_vl_data_keeps_its_processors_minimum_size(tmp_path):
     settings = settings_for("coco_det", tmp_path, tmp_path / "model", MODEL_FAMILY="qwen3_vl")
     command = recipe.prep_command(TASKS["coco_det"], settings, "val")
     assert "--min-pixels" not in command
-    from perception_r1_verl.data.common import ConvertOptions
+    from perception_r1_verl.data.options import ConvertOptions
 
     assert ConvertOptions(model_family="qwen3_vl").min_pixels == 65536
 
@@ -307,7 +306,7 @@ def curriculum_config(settings: Settings, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def detection(prepared, qwen2_5_vl_processor):  # noqa: F811
+def detection(prepared, qwen2_5_vl_processor):
     """The curriculum's train and val datasets as verl's trainer builds them."""
     from verl.trainer.ppo.utils import create_rl_dataset
     from verl.utils import hf_tokenizer
@@ -359,7 +358,7 @@ def test_curriculum_leaves_validation_alone(detection):
         (["data.curriculum.rollout_n=[8,16]"], "needs 3 values"),
     ],
 )
-def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor, extra, message):  # noqa: F811
+def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor, extra, message):
     from perception_r1_verl.curriculum import CurriculumDataset
 
     settings = prepared("coco_det")
@@ -371,7 +370,8 @@ def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor,
 def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
     settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
     command = recipe.prep_command(TASKS["coco_det"], settings, "val")
-    flags = dict(zip(command[2::2], command[3::2], strict=False))
+    assert command[:4] == [sys.executable, "-m", "perception_r1_verl.data.cli", "coco_det"]
+    flags = dict(zip(command[4::2], command[5::2], strict=False))
     assert flags["--annotations"] == str(tmp_path / "coco" / "annotations" / "instances_val2017.json")
     assert flags["--images"] == str(tmp_path / "coco" / "val2017")
     assert flags["--out"] == str(tmp_path / "data" / "coco_det" / "val.parquet")

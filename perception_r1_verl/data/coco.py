@@ -14,19 +14,12 @@ from pathlib import Path
 
 import orjson
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    DataError,
-    Geometry,
-    Job,
-    Stats,
-    add_common_args,
-    convert,
-    is_duplicate,
-    is_number,
-    make_row,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import DataError, Stats
+from perception_r1_verl.data.tables import is_duplicate, is_number
 from perception_r1_verl.prompts import prompt_text
 
 PROMPT_CATEGORIES = ("all", "present")
@@ -106,13 +99,13 @@ def detection_builder(
     prompt_categories: str = "all",
     keep_empty: bool = False,
     data_source: str = "coco",
-):
-    """The ``build_row`` for :func:`convert` turning a COCO image job into a detection row."""
+) -> RowBuilder:
+    """Detection rows of COCO image jobs, for :func:`convert`."""
     if prompt_categories not in PROMPT_CATEGORIES:
         raise ValueError(f"prompt_categories must be one of {PROMPT_CATEGORIES}")
     all_names = list(categories.values())
 
-    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
+    def answer(job: Job, geo: Geometry, stats: Stats):
         objects, present = [], set()
         for xyxy, cat_id, where in job.payload:
             box = geo.box(xyxy, stats, where)
@@ -127,20 +120,10 @@ def detection_builder(
         names = all_names if prompt_categories == "all" else [categories[c] for c in categories if c in present]
         if not names:  # an empty image in "present" mode still needs something to ask for
             names = all_names
-        gt = {"objects": objects, "frame": list(geo.frame), "categories": names}
-        return make_row(
-            data_source=data_source,
-            task="detection",
-            prompt=prompt_text("detection", options.model_family, categories=names, think=options.think),
-            image=image,
-            geometry=geo,
-            ground_truth=gt,
-            source_id=job.source_id,
-            index=index,
-            options=options,
-        )
+        prompt = prompt_text("detection", options.model_family, categories=names, think=options.think)
+        return prompt, {"objects": objects, "frame": list(geo.frame), "categories": names}
 
-    return build
+    return RowBuilder("detection", data_source, answer)
 
 
 def convert_coco(
@@ -161,13 +144,13 @@ def convert_coco(
     stats = Stats(options.strict)
     images = Path(images) if images is not None else Path(annotations).parent
     jobs, categories = load_coco(annotations, images, stats)
-    build = detection_builder(categories, options, prompt_categories, keep_empty, data_source)
-    return convert(jobs, build, out, options, stats, data_source)
+    builder = detection_builder(categories, options, prompt_categories, keep_empty, data_source)
+    return convert(jobs, builder, out, options, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="data_prep/coco_det.py",
+        prog="perception-r1-prep coco_det",
         description="COCO-format detection annotations -> verl parquet (task 'detection').",
     )
     p.add_argument("--annotations", required=True, type=Path, help="instances_{train,val}2017.json or any COCO-format file")

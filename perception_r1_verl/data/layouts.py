@@ -25,7 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perception_r1_verl.data.common import CellError, DataError, Stats, is_duplicate, is_number, iter_parquet, read_table
+from perception_r1_verl.data.rules import CellError, DataError, Stats
+from perception_r1_verl.data.tables import is_duplicate, is_number, iter_parquet, read_table
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def cell_image_bytes(cell, root: Path | None = None) -> bytes:
     >>> cell_image_bytes([{"bytes": b"a"}, {"bytes": b"b"}])
     Traceback (most recent call last):
     ...
-    perception_r1_verl.data.common.CellError: the cell holds 2 images; the task needs exactly one
+    perception_r1_verl.data.rules.CellError: the cell holds 2 images; the task needs exactly one
     """
     if isinstance(cell, list):
         if len(cell) != 1:

@@ -18,18 +18,13 @@ import argparse
 from pathlib import Path
 from typing import NamedTuple
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    Geometry,
-    Job,
-    Stats,
-    add_common_args,
-    convert,
-    make_row,
-    pick,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import Layout, as_paths, image_key, keep, one_image, read_layout, with_root
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import Stats
+from perception_r1_verl.data.tables import pick
 from perception_r1_verl.prompts import prompt_text
 
 
@@ -106,23 +101,13 @@ def default_images(table: Path) -> Path:
     return fox if table.name.endswith("_page_ocr.json") and fox.is_dir() else table.parent
 
 
-def ocr_builder(options: ConvertOptions, data_source: str = "page_ocr"):
-    """The ``build_row`` for :func:`convert` turning a page into an OCR row."""
+def ocr_builder(options: ConvertOptions, data_source: str = "page_ocr") -> RowBuilder:
+    """OCR rows of page jobs, for :func:`convert`."""
 
-    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
-        return make_row(
-            data_source=data_source,
-            task="ocr",
-            prompt=prompt_text("ocr", options.model_family, think=options.think),
-            image=image,
-            geometry=geo,
-            ground_truth={"text": job.payload},
-            source_id=job.source_id,
-            index=index,
-            options=options,
-        )
+    def answer(job: Job, geo: Geometry, stats: Stats):
+        return prompt_text("ocr", options.model_family, think=options.think), {"text": job.payload}
 
-    return build
+    return RowBuilder("ocr", data_source, answer)
 
 
 def convert_page_ocr(
@@ -141,11 +126,11 @@ def convert_page_ocr(
     tables = as_paths(jsonl)
     root = Path(images) if images is not None else default_images(tables[0])
     jobs = load_page_ocr(tables, root, stats, layout)
-    return convert(jobs, ocr_builder(options, data_source), out, options, stats, data_source)
+    return convert(jobs, ocr_builder(options, data_source), out, options, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="data_prep/page_ocr.py", description="Page OCR tables -> verl parquet (task 'ocr').")
+    p = argparse.ArgumentParser(prog="perception-r1-prep page_ocr", description="Page OCR tables -> verl parquet (task 'ocr').")
     p.add_argument(
         "--table",
         "--jsonl",

@@ -24,18 +24,9 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    Geometry,
-    Job,
-    Stats,
-    add_common_args,
-    convert,
-    is_number,
-    make_row,
-    pick,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import (
     Layout,
     as_paths,
@@ -46,6 +37,9 @@ from perception_r1_verl.data.layouts import (
     strip_image_tokens,
     with_root,
 )
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import Stats
+from perception_r1_verl.data.tables import is_number, pick
 from perception_r1_verl.prompts import prompt_text
 
 
@@ -183,10 +177,10 @@ def load_pixmo(table, images: Path, stats: Stats, layout: str | None = None) -> 
     return jobs
 
 
-def counting_builder(options: ConvertOptions, data_source: str = "pixmo_count"):
-    """The ``build_row`` for :func:`convert` turning a PixMo row into a counting row."""
+def counting_builder(options: ConvertOptions, data_source: str = "pixmo_count") -> RowBuilder:
+    """Counting rows of counting-table jobs, for :func:`convert`."""
 
-    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
+    def answer(job: Job, geo: Geometry, stats: Stats):
         label, count, points = job.payload
         if points is None:
             stats.hit("count_without_points", job.record)
@@ -194,19 +188,9 @@ def counting_builder(options: ConvertOptions, data_source: str = "pixmo_count"):
         else:
             pts = [geo.point(p, stats, job.record) for p in points]
             gt = {"count": len(pts), "points": pts, "frame": list(geo.frame)}
-        return make_row(
-            data_source=data_source,
-            task="counting",
-            prompt=prompt_text("counting", options.model_family, label=label, think=options.think),
-            image=image,
-            geometry=geo,
-            ground_truth=gt,
-            source_id=job.source_id,
-            index=index,
-            options=options,
-        )
+        return prompt_text("counting", options.model_family, label=label, think=options.think), gt
 
-    return build
+    return RowBuilder("counting", data_source, answer)
 
 
 def convert_pixmo_count(
@@ -224,12 +208,12 @@ def convert_pixmo_count(
     stats = Stats(options.strict)
     tables = as_paths(table)
     jobs = load_pixmo(tables, Path(images) if images is not None else tables[0].parent, stats, layout)
-    return convert(jobs, counting_builder(options, data_source), out, options, stats, data_source)
+    return convert(jobs, counting_builder(options, data_source), out, options, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="data_prep/pixmo_count.py",
+        prog="perception-r1-prep pixmo_count",
         description="PixMo-Count table -> verl parquet (task 'counting').",
     )
     p.add_argument("--table", nargs="+", required=True, type=Path, help="tables (.parquet, .jsonl or .json)")

@@ -27,20 +27,9 @@ from typing import NamedTuple
 
 import orjson
 
-from perception_r1_verl.data.common import (
-    ConvertOptions,
-    DataError,
-    Geometry,
-    Job,
-    Stats,
-    add_common_args,
-    convert,
-    is_duplicate,
-    is_number,
-    make_row,
-    pick,
-    run_cli,
-)
+from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.driver import Job, RowBuilder, convert
+from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import (
     Layout,
     as_paths,
@@ -53,6 +42,9 @@ from perception_r1_verl.data.layouts import (
     with_root,
     xywh_to_xyxy,
 )
+from perception_r1_verl.data.options import ConvertOptions
+from perception_r1_verl.data.rules import DataError, Stats
+from perception_r1_verl.data.tables import is_duplicate, is_number, pick
 from perception_r1_verl.prompts import prompt_text
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
@@ -285,27 +277,18 @@ def load_table(
     return jobs
 
 
-def grounding_builder(options: ConvertOptions, data_source: str):
-    """The ``build_row`` for :func:`convert` turning a referring expression into a grounding row."""
+def grounding_builder(options: ConvertOptions, data_source: str) -> RowBuilder:
+    """Grounding rows of referring-expression jobs, for :func:`convert`."""
 
-    def build(job: Job, geo: Geometry, image: bytes, index: int, stats: Stats):
+    def answer(job: Job, geo: Geometry, stats: Stats):
         xyxy, expression = job.payload
         box = geo.box(xyxy, stats, job.record)
         if box is None:
             return None
-        return make_row(
-            data_source=data_source,
-            task="grounding",
-            prompt=prompt_text("grounding", options.model_family, expression=expression, think=options.think),
-            image=image,
-            geometry=geo,
-            ground_truth={"bbox_2d": box, "frame": list(geo.frame)},
-            source_id=job.source_id,
-            index=index,
-            options=options,
-        )
+        prompt = prompt_text("grounding", options.model_family, expression=expression, think=options.think)
+        return prompt, {"bbox_2d": box, "frame": list(geo.frame)}
 
-    return build
+    return RowBuilder("grounding", data_source, answer)
 
 
 def convert_refcoco(
@@ -341,12 +324,12 @@ def convert_refcoco(
         tables = as_paths(jsonl)
         root = Path(images) if images is not None else tables[0].parent
         jobs = load_table(tables, root, split, bbox_format, stats, layout)
-    return convert(jobs, grounding_builder(options, dataset), out, options, stats, dataset)
+    return convert(jobs, grounding_builder(options, dataset), out, options, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="data_prep/refcoco.py",
+        prog="perception-r1-prep refcoco",
         description="RefCOCO/RefCOCO+/RefCOCOg -> verl parquet (task 'grounding'), one row per expression.",
     )
     src = p.add_mutually_exclusive_group(required=True)

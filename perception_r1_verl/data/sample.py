@@ -77,10 +77,10 @@ def make_sample_coco(
 class SampleSources:
     """The sample as each converter reads it; file names are relative to ``images``."""
 
-    annotations: Path  # COCO instances json (data_prep/coco_det.py --annotations)
-    grounding: Path  # jsonl of image, expression, bbox (data_prep/refcoco.py --jsonl)
-    counting: Path  # jsonl of image, label, count, points (data_prep/pixmo_count.py --table)
-    ocr: Path  # jsonl of image, text, for rendered pages (data_prep/page_ocr.py --jsonl)
+    annotations: Path  # COCO instances json (perception-r1-prep coco_det --annotations)
+    grounding: Path  # jsonl of image, expression, bbox (perception-r1-prep refcoco --jsonl)
+    counting: Path  # jsonl of image, label, count, points (perception-r1-prep pixmo_count --table)
+    ocr: Path  # jsonl of image, text, for rendered pages (perception-r1-prep page_ocr --jsonl)
     images: Path
 
 

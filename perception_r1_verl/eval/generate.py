@@ -29,7 +29,7 @@ import orjson
 import pyarrow.parquet as pq
 from PIL import Image
 
-from ..data.common import _to_rgb
+from ..data.images import to_rgb
 from ..frames import smart_resize
 from ..parsing import END_TOKENS
 from .dataset import read_responses
@@ -96,7 +96,7 @@ def fold_lora(model_dir: Path, log=print) -> Path:
 
 def fetch_image(item: dict, factor: int) -> Image.Image:
     """The image the model sees for a parquet image cell ``{"bytes", "min_pixels", "max_pixels"}``."""
-    image = _to_rgb(Image.open(BytesIO(item["bytes"])))
+    image = to_rgb(Image.open(BytesIO(item["bytes"])))
     min_pixels = item.get("min_pixels") or _MIN_TOKENS * factor * factor
     max_pixels = item.get("max_pixels") or _MAX_TOKENS * factor * factor
     size = smart_resize(*image.size, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)

@@ -47,7 +47,8 @@ from pathlib import Path
 
 from .. import frames
 from ..data.coco import convert_coco
-from ..data.common import ConvertOptions, summary_path
+from ..data.driver import summary_path
+from ..data.options import ConvertOptions
 from ..data.page_ocr import convert_page_ocr
 from ..data.pixmo_count import convert_pixmo_count
 from ..data.refcoco import convert_refcoco

@@ -1,0 +1,78 @@
+"""The command line every converter shares: its flags, its options, its end-of-run summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from perception_r1_verl import frames
+from perception_r1_verl.data.driver import summary_path
+from perception_r1_verl.data.options import IMAGE_STORES, QWEN3_VL_MIN_PIXELS, ConvertOptions
+from perception_r1_verl.data.rules import DataError
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The flags every converter CLI shares."""
+    parser.add_argument("--out", required=True, type=Path, help="output parquet file")
+    parser.add_argument("--split", default="train", help="split name written to extra_info (default: train)")
+    parser.add_argument("--limit", type=int, help="stop after this many rows, drawn at random (see --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default: 0)")
+    parser.add_argument("--model-family", default="qwen2_5_vl", choices=frames.MODEL_FAMILIES)
+    parser.add_argument(
+        "--min-pixels",
+        type=int,
+        help=f"default {frames.DEFAULT_MIN_PIXELS}, {QWEN3_VL_MIN_PIXELS} for qwen3_vl (its processor's minimum)",
+    )
+    parser.add_argument("--max-pixels", type=int, default=frames.DEFAULT_MAX_PIXELS)
+    parser.add_argument("--think", action="store_true", help="ask for <think>...</think><answer>...</answer>")
+    parser.add_argument("--strict", action="store_true", help="bad input is an error naming the record")
+    parser.add_argument("--workers", type=int, default=0, help="processes that read images (default: 0, inline)")
+    parser.add_argument(
+        "--image-store",
+        default="original",
+        choices=IMAGE_STORES,
+        help="store the original file bytes, or the image already resized to the model input (smaller files)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace) -> ConvertOptions:
+    return ConvertOptions(
+        split=args.split,
+        model_family=args.model_family,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        think=args.think,
+        limit=args.limit,
+        seed=args.seed,
+        strict=args.strict,
+        workers=args.workers,
+        image_store=args.image_store,
+        progress=not args.no_progress,
+    )
+
+
+def print_summary(summary: dict, file=sys.stderr) -> None:
+    """The end-of-run report: rows written and every rule hit."""
+    print(
+        f"{summary['source']}: wrote {summary['rows']} rows from {summary['records_visited']} of "
+        f"{summary['records']} records to {summary['out']} ({summary['rows_per_second']} rows/s)",
+        file=file,
+    )
+    for rule, info in summary["rules"].items():
+        print(f"  {rule}: {info['count']}  [{info['rule']}]  e.g. {info['examples'][0]}", file=file)
+    print(f"  summary: {summary_path(Path(summary['out']))}", file=file)
+
+
+def run_cli(parser: argparse.ArgumentParser, argv, convert_fn: Callable[[argparse.Namespace, ConvertOptions], dict]) -> int:
+    """Parse, convert, print the summary; bad input under --strict exits 2 with its message."""
+    args = parser.parse_args(argv)
+    try:
+        summary = convert_fn(args, options_from_args(args))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0
