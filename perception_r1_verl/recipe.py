@@ -3,7 +3,7 @@
 ``bash recipes/<task>.sh [hydra overrides...]`` runs ``python -m perception_r1_verl.recipe
 <task> [hydra overrides...]``, which
 
-1. prepares ``$DATA_DIR/<task>/{train,val}.parquet`` through ``data_prep/<task>.py`` when
+1. prepares ``$DATA_DIR/<task>/{train,val}.parquet`` through ``perception-r1-prep <task>`` when
    they are missing (from ``$DATASET_ROOT`` if set, else from the offline sample);
 2. builds the paper's settings as verl 0.9.1 overrides (``build_overrides``), appends the
    user's, composes verl's own Hydra config and runs verl's ``validate_config`` on it;
@@ -49,7 +49,7 @@ FAMILY_NAMES = (("qwen3-vl", "qwen3_vl"), ("qwen2-5-vl", "qwen2_5_vl"), ("qwen2-
 class Task:
     """What differs between the four recipes."""
 
-    name: str  # recipe and data_prep script name
+    name: str  # recipe and perception-r1-prep source name
     reward_task: str  # extra_info["task"] of its rows
     model: str  # the paper's base model
     model_family: str

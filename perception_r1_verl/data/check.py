@@ -1,4 +1,4 @@
-"""Check a produced parquet the way training will read it (``data_prep/inspect.py``).
+"""Check a produced parquet the way training will read it (``perception-r1-prep check``).
 
 For every row (or the first ``max_rows``): load it through verl's ``RLHFDataset``, turn
 its image with verl's own vision path and the model's processor, and check that
