@@ -44,7 +44,9 @@ def child(impl: str, annotations: Path, images: Path, out: Path, workers: int) -
         builder = detection_builder(categories, options)
         collected = []
         for job in jobs:
-            img = load_image(job.image, options.image_store, options.model_family, options.min_pixels, options.max_pixels)
+            img = load_image(
+                job.image, options.image_store, options.model_family, options.min_pixels, options.max_pixels
+            )
             row = builder.row(job, img, len(collected), options, stats)
             if row is not None:
                 collected.append(row)
@@ -65,7 +67,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=5000, help="images in the large run (default: 5000)")
     p.add_argument("--small", type=int, default=1000, help="images in the small run (default: 1000)")
-    p.add_argument("--workers", type=int, default=2, help="also time the streaming run with this many workers (0: skip)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="also time the streaming run with this many workers (0: skip)"
+    )
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -88,8 +92,12 @@ def main() -> None:
         small.write_text(json.dumps(coco))
 
         results = {}
-        runs = [("streaming", args.small, small, 0), ("streaming", args.n, sample.annotations, 0),
-                ("baseline", args.small, small, 0), ("baseline", args.n, sample.annotations, 0)]
+        runs = [
+            ("streaming", args.small, small, 0),
+            ("streaming", args.n, sample.annotations, 0),
+            ("baseline", args.small, small, 0),
+            ("baseline", args.n, sample.annotations, 0),
+        ]
         if args.workers:
             runs.append(("streaming", args.n, sample.annotations, args.workers))
         print(f"{'converter':<22}{'images':>8}{'rows/s':>10}{'peak RSS growth MiB':>22}")
@@ -100,14 +108,20 @@ def main() -> None:
             print(f"{name:<22}{n:>8}{r['rows'] / r['seconds']:>10.0f}{r['peak_growth_mib']:>22.1f}", flush=True)
 
         def growth(impl):
-            return results[(impl, args.n, 0)]["peak_growth_mib"] / max(results[(impl, args.small, 0)]["peak_growth_mib"], 1.0)
+            return results[(impl, args.n, 0)]["peak_growth_mib"] / max(
+                results[(impl, args.small, 0)]["peak_growth_mib"], 1.0
+            )
 
         def speed(key):
             return results[key]["rows"] / results[key]["seconds"]
 
-        print(f"peak memory {args.n // 1000}k/{args.small // 1000}k: streaming x{growth('streaming'):.2f}, "
-              f"baseline x{growth('baseline'):.2f}")
-        print(f"rows/s streaming / baseline at {args.n}: {speed(('streaming', args.n, 0)) / speed(('baseline', args.n, 0)):.2f}")
+        print(
+            f"peak memory {args.n // 1000}k/{args.small // 1000}k: streaming x{growth('streaming'):.2f}, "
+            f"baseline x{growth('baseline'):.2f}"
+        )
+        print(
+            f"rows/s streaming / baseline at {args.n}: {speed(('streaming', args.n, 0)) / speed(('baseline', args.n, 0)):.2f}"
+        )
         if args.workers:
             ratio = speed(("streaming", args.n, args.workers)) / speed(("streaming", args.n, 0))
             print(f"rows/s {args.workers} workers / inline at {args.n}: {ratio:.2f}")

@@ -55,8 +55,16 @@ def synthetic(n_images: int, n_boxes: int, folder: Path, seed: int = 0):
             x1, y1 = rng.uniform(0, w - 16), rng.uniform(0, h - 16)
             x2, y2 = rng.uniform(x1 + 8, w), rng.uniform(y1 + 8, h)
             cat = int(rng.integers(N_CATEGORIES))
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat + 1, "iscrowd": 0,
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat + 1,
+                    "iscrowd": 0,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                }
+            )
             box = [round(x1 * fw / w), round(y1 * fh / h), round(x2 * fw / w), round(y2 * fh / h)]
             objects.append({"bbox_2d": box, "label": names[cat]})
         preds = []
@@ -66,19 +74,42 @@ def synthetic(n_images: int, n_boxes: int, folder: Path, seed: int = 0):
                 label = objects[k]["label"]
             else:
                 x, y = int(rng.integers(0, fw - 40)), int(rng.integers(0, fh - 40))
-                box, label = [x, y, x + int(rng.integers(8, 40)), y + int(rng.integers(8, 40))], names[int(rng.integers(80))]
-            preds.append({"bbox_2d": [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]),
-                                      max(box[1], box[3])], "label": label})
+                box, label = (
+                    [x, y, x + int(rng.integers(8, 40)), y + int(rng.integers(8, 40))],
+                    names[int(rng.integers(80))],
+                )
+            preds.append(
+                {
+                    "bbox_2d": [min(box[0], box[2]), min(box[1], box[3]), max(box[0], box[2]), max(box[1], box[3])],
+                    "label": label,
+                }
+            )
         gt = {"objects": objects, "frame": [fw, fh], "categories": names}
-        rows.append({"data_source": "coco", "prompt": [{"role": "user", "content": "<image>Detect."}],
-                     "images": [{"bytes": b"", "min_pixels": 3136, "max_pixels": 1_000_000}], "ability": "detection",
-                     "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
-                     "extra_info": {"task": "detection", "index": i, "split": "val", "source_id": str(i + 1),
-                                    "image_size": [w, h], "input_size": [fw, fh], "model_family": "qwen2_5_vl",
-                                    "think": False}})
+        rows.append(
+            {
+                "data_source": "coco",
+                "prompt": [{"role": "user", "content": "<image>Detect."}],
+                "images": [{"bytes": b"", "min_pixels": 3136, "max_pixels": 1_000_000}],
+                "ability": "detection",
+                "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
+                "extra_info": {
+                    "task": "detection",
+                    "index": i,
+                    "split": "val",
+                    "source_id": str(i + 1),
+                    "image_size": [w, h],
+                    "input_size": [fw, fh],
+                    "model_family": "qwen2_5_vl",
+                    "think": False,
+                },
+            }
+        )
         responses.append({"index": i, "response": "```json\n" + json.dumps(preds) + "\n```"})
-    dataset = {"images": images, "annotations": anns,
-               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+    dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+    }
     (folder / "instances.json").write_bytes(orjson.dumps(dataset))
     pq.write_table(pa.Table.from_pylist(rows), folder / "split.parquet")
     (folder / "responses.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in responses))
@@ -120,10 +151,18 @@ def main() -> None:
         n_gt = synthetic(args.images, args.boxes, folder)
         print(f"{args.images} images, {n_gt} ground-truth objects, {args.images * args.boxes} predicted boxes")
         for _ in range(args.repeat):
-            ours = timed("ours", lambda: score(folder / "split.parquet", folder / "responses.jsonl", folder / "out",
-                                               annotations=folder / "instances.json", report=False))
+            ours = timed(
+                "ours",
+                lambda: score(
+                    folder / "split.parquet",
+                    folder / "responses.jsonl",
+                    folder / "out",
+                    annotations=folder / "instances.json",
+                    report=False,
+                ),
+            )
             detections = orjson.loads((folder / "out" / "detections.json").read_bytes())
-            stats = timed("pycocotools", lambda: pycocotools_alone(folder / "instances.json", detections))
+            stats = timed("pycocotools", lambda d=detections: pycocotools_alone(folder / "instances.json", d))
 
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
     mine = np.array([-1.0 if ours[k] is None else ours[k] for k in names])

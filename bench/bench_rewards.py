@@ -80,10 +80,22 @@ def detection_cases(n: int, seed: int = 0, spam: float = 0.0) -> list[tuple[str,
     cases = []
     for _ in range(n):
         w, h = rng.choice([(644, 476), (812, 616), (1148, 840), (476, 644)])
-        gt = [{"bbox_2d": _box(rng, w, h), "label": rng.choice(COCO_NAMES)} for _ in range(min(40, int(rng.expovariate(1 / 7))))]
+        gt = [
+            {"bbox_2d": _box(rng, w, h), "label": rng.choice(COCO_NAMES)}
+            for _ in range(min(40, int(rng.expovariate(1 / 7))))
+        ]
         truth = orjson.dumps({"objects": gt, "frame": [w, h], "categories": sorted({o["label"] for o in gt})}).decode()
-        pred = [{"bbox_2d": _jitter(rng, o["bbox_2d"], w, h), "label": o["label"] if rng.random() < 0.85 else rng.choice(COCO_NAMES)} for o in gt if rng.random() < 0.8]
-        pred += [{"bbox_2d": _box(rng, w, h), "label": rng.choice(COCO_NAMES)} for _ in range(int(rng.expovariate(1 / 1.5)))]
+        pred = [
+            {
+                "bbox_2d": _jitter(rng, o["bbox_2d"], w, h),
+                "label": o["label"] if rng.random() < 0.85 else rng.choice(COCO_NAMES),
+            }
+            for o in gt
+            if rng.random() < 0.8
+        ]
+        pred += [
+            {"bbox_2d": _box(rng, w, h), "label": rng.choice(COCO_NAMES)} for _ in range(int(rng.expovariate(1 / 1.5)))
+        ]
         rng.shuffle(pred)
         kind = rng.random()
         if spam and rng.random() < spam:
@@ -95,7 +107,9 @@ def detection_cases(n: int, seed: int = 0, spam: float = 0.0) -> list[tuple[str,
         elif kind < 0.15 and pred:
             text = _fenced(pred)[: rng.randrange(10, len(_fenced(pred)))]  # cut at the length limit
         elif kind < 0.20:
-            text = _fenced((pred + [pred[0]] * 100)[:100] if pred else [{"bbox_2d": _box(rng, w, h), "label": "person"}] * 100)
+            text = _fenced(
+                (pred + [pred[0]] * 100)[:100] if pred else [{"bbox_2d": _box(rng, w, h), "label": "person"}] * 100
+            )
         elif kind < 0.25 and pred:
             bad = dict(pred[0], bbox_2d=pred[0]["bbox_2d"][:3])  # a malformed item
             text = _fenced([bad] + pred[1:])
@@ -115,7 +129,15 @@ def grounding_cases(n: int, seed: int = 1, spam: float = 0.0) -> list[tuple[str,
         truth = orjson.dumps({"bbox_2d": box, "frame": [w, h]}).decode()
         kind = rng.random()
         if spam and rng.random() < spam:
-            text = _fenced(_spam(rng, [{"bbox_2d": _jitter(rng, box, w, h), "label": "the dog"}], w, h, lambda b: {"bbox_2d": b, "label": "the dog"}))
+            text = _fenced(
+                _spam(
+                    rng,
+                    [{"bbox_2d": _jitter(rng, box, w, h), "label": "the dog"}],
+                    w,
+                    h,
+                    lambda b: {"bbox_2d": b, "label": "the dog"},
+                )
+            )
         elif kind < 0.05:
             text = "the dog on the left"
         elif kind < 0.10:
@@ -247,12 +269,16 @@ def bench_task(name: str, cases, repeat: int, manager_rates=None) -> float:
     )
     floor_rate, ours = len(cases) / np.median(times, axis=0)
     ratio = float(np.median(times[:, 1] / times[:, 0]))
-    print(f"{name:16s} floor {floor_rate:10,.0f}/s   compute_score {ours:10,.0f}/s   time ratio {ratio:5.2f}x "
-          f"(median of {repeat} rounds; range {np.min(times[:, 1] / times[:, 0]):.2f}-{np.max(times[:, 1] / times[:, 0]):.2f})")
+    print(
+        f"{name:16s} floor {floor_rate:10,.0f}/s   compute_score {ours:10,.0f}/s   time ratio {ratio:5.2f}x "
+        f"(median of {repeat} rounds; range {np.min(times[:, 1] / times[:, 0]):.2f}-{np.max(times[:, 1] / times[:, 0]):.2f})"
+    )
     if manager_rates is not None:
         rates = manager_rates(cases, repeat)
         for manager, rate in rates.items():
-            print(f"{name:16s} {manager:10s} manager run_single (decode included) {rate:8,.0f}/s   time ratio {floor_rate / rate:5.2f}x")
+            print(
+                f"{name:16s} {manager:10s} manager run_single (decode included) {rate:8,.0f}/s   time ratio {floor_rate / rate:5.2f}x"
+            )
         print(f"{name:16s} perception / naive manager time ratio {rates['naive'] / rates['perception']:5.2f}x")
     return ratio
 
@@ -265,13 +291,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--spam", type=float, default=0.2, help="share of completions with up to 100 boxes in the spam case")
+    parser.add_argument(
+        "--spam", type=float, default=0.2, help="share of completions with up to 100 boxes in the spam case"
+    )
     parser.add_argument("--manager", action="store_true", help="also time the verl reward manager")
     args = parser.parse_args()
     det, grd = detection_cases(args.n), grounding_cases(args.n)
     zero = sum(compute_score("bench", *c)["score"] <= 0 for c in det) / len(det)
-    print(f"{len(det)} detection completions, {np.mean([len(orjson.loads(c[1])['objects']) for c in det]):.1f} objects/image; "
-          f"{len(grd)} grounding completions; share of detection scores <= 0: {zero:.1%}")
+    print(
+        f"{len(det)} detection completions, {np.mean([len(orjson.loads(c[1])['objects']) for c in det]):.1f} objects/image; "
+        f"{len(grd)} grounding completions; share of detection scores <= 0: {zero:.1%}"
+    )
     rates_of_managers = manager_rates if args.manager else None
     ratios = {
         "detection": bench_task("detection", det, args.repeat, rates_of_managers),

@@ -173,7 +173,9 @@ def phases(model: Model, setup: Setup, gpus: int, response: int) -> dict[str, fl
     largest_layer = sum(a * b for a, b in model.llm_linears())
     gathered = 2 * (model.root_params() + 2 * largest_layer)
     overhead = (OVERHEAD_GIB + CONTEXT_GIB) * GIB  # + the sleeping vLLM process's context
-    update = weights_fp32 + grads_optim + gathered + activation_bytes(model, setup.micro_batch, seq_len, True) + overhead
+    update = (
+        weights_fp32 + grads_optim + gathered + activation_bytes(model, setup.micro_batch, seq_len, True) + overhead
+    )
     optim_resident = 0 if setup.offload else 8 * trained / gpus
     log_probs = (
         weights_fp32 + optim_resident + gathered

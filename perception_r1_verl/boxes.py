@@ -39,7 +39,9 @@ def pairwise_iou_giou(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
     # Column views broadcast (N, 1) against (M,): cheaper than slicing (N, M, 2) arrays.
     ax1, ay1, ax2, ay2 = (a[:, i : i + 1] for i in range(4))
     bx1, by1, bx2, by2 = b.T
-    inter = np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0) * np.maximum(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0)
+    inter = np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0) * np.maximum(
+        np.minimum(ay2, by2) - np.maximum(ay1, by1), 0
+    )
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     iou_m = inter / np.maximum(union, EPS)
     hull = (np.maximum(ax2, bx2) - np.minimum(ax1, bx1)) * (np.maximum(ay2, by2) - np.minimum(ay1, by1))

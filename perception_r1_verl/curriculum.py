@@ -104,7 +104,9 @@ class CurriculumDataset(RLHFDataset):
             try:
                 counts.append(object_count(reward_model["ground_truth"]))
             except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"curriculum: row {i} of {self.data_files} has no detection ground truth: {e!r}") from e
+                raise ValueError(
+                    f"curriculum: row {i} of {self.data_files} has no detection ground truth: {e!r}"
+                ) from e
         stage = stages(counts, self.max_objects)
         order = curriculum_order(stage, self.curriculum_seed)
         self.dataframe = self.dataframe.select(order.tolist())

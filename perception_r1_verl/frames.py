@@ -146,10 +146,14 @@ def row_frame(ground_truth: dict, extra_info: dict) -> tuple[float, float]:
     if frame:
         frame = (float(frame[0]), float(frame[1]))
         if implied is not None and implied != frame:
-            raise ValueError(f"row's ground truth frame {list(frame)} is not the {family} frame of input size {list(size)}: {list(implied)}")
+            raise ValueError(
+                f"row's ground truth frame {list(frame)} is not the {family} frame of input size {list(size)}: {list(implied)}"
+            )
         return frame
     if implied is None:
-        raise ValueError("row has no answer frame: its ground truth has no 'frame' and its extra_info no model_family and input_size")
+        raise ValueError(
+            "row has no answer frame: its ground truth has no 'frame' and its extra_info no model_family and input_size"
+        )
     return implied
 
 

@@ -368,12 +368,18 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
     # Each brace never closed is a broken item, read up to the next item with the braces
     # it left open closed (a missing "}"); one nested in the previous brace with no item
     # between them is the same broken object.
-    broken = [k for k, p in enumerate(open_braces)
-              if k == 0 or bisect.bisect(starts, open_braces[k - 1]) < bisect.bisect(starts, p)]
+    broken = [
+        k
+        for k, p in enumerate(open_braces)
+        if k == 0 or bisect.bisect(starts, open_braces[k - 1]) < bisect.bisect(starts, p)
+    ]
     for n, k in enumerate(broken):
         p = open_braces[k]
         i = bisect.bisect(starts, p)
-        stop = min(starts[i] if i < len(starts) else len(body), open_braces[broken[n + 1]] if n + 1 < len(broken) else len(body))
+        stop = min(
+            starts[i] if i < len(starts) else len(body),
+            open_braces[broken[n + 1]] if n + 1 < len(broken) else len(body),
+        )
         segment = body[p:stop].rstrip().rstrip(",")
         if not segment[1:].strip():
             continue  # a lone "{" typed before the next object: a typo, not an item

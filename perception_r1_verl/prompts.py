@@ -14,9 +14,7 @@ from perception_r1_verl.frames import check_family
 
 TASKS = ("grounding", "counting", "ocr", "detection")
 IMAGE_TOKEN = "<image>"
-THINK_INSTRUCTION = (
-    " Output the thinking process in <think> </think> and the final answer in <answer> </answer> tags."
-)
+THINK_INSTRUCTION = " Output the thinking process in <think> </think> and the final answer in <answer> </answer> tags."
 _JSON_SUFFIX = " Output in JSON format."
 
 

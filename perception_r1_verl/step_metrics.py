@@ -54,7 +54,11 @@ ENV_VAR = "PERCEPTION_STEP_METRICS"
 PREFIX = "perception"
 _MARK = "_perception_step_metrics"
 # Trainer modules that bind compute_data_metrics by name at import.
-_BINDERS = ("verl.trainer.ppo.ray_trainer", "verl.experimental.separation.ray_trainer", "verl.trainer.ppo.v1.trainer_base")
+_BINDERS = (
+    "verl.trainer.ppo.ray_trainer",
+    "verl.experimental.separation.ray_trainer",
+    "verl.trainer.ppo.v1.trainer_base",
+)
 
 
 def metric_keys() -> tuple[str, ...]:
@@ -156,7 +160,9 @@ def v1_batch_metrics(tq, batch) -> dict[str, float]:
 
     Padding rows (tag ``is_padding``) are left out, as in verl's own step metrics.
     """
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["data_source", "extra_fields"])
+    data = tq.kv_batch_get(
+        keys=batch.keys, partition_id=batch.partition_id, select_fields=["data_source", "extra_fields"]
+    )
     keep = [not (tag or {}).get("is_padding", False) for tag in batch.tags or [{}] * len(batch.keys)]
     sources = [s for s, k in zip(_as_list(data["data_source"]), keep, strict=True) if k]
     rows = [r for r, k in zip(_as_list(data["extra_fields"]), keep, strict=True) if k]
@@ -193,8 +199,13 @@ def dump_row(data_source, extra_info, extra_fields, is_padding: bool) -> dict:
     except ValueError:  # not a perception row: no task to tell
         task = None
     info = extra_fields.get("reward_extra_info") if isinstance(extra_fields, Mapping) else None
-    return {"data_source": data_source, "index": extra_info.get("index"), "task": task, "is_padding": False,
-            **(info or {})}
+    return {
+        "data_source": data_source,
+        "index": extra_info.get("index"),
+        "task": task,
+        "is_padding": False,
+        **(info or {}),
+    }
 
 
 def v1_dump_columns(tq, batch) -> dict[str, dict]:
@@ -203,8 +214,10 @@ def v1_dump_columns(tq, batch) -> dict[str, dict]:
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
     tags = batch.tags or [{}] * len(batch.keys)
     columns = zip(batch.keys, tags, *(_as_list(data[f]) for f in fields), strict=True)
-    return {key: dump_row(source, info, extra, (tag or {}).get("is_padding", False))
-            for key, tag, source, info, extra in columns}
+    return {
+        key: dump_row(source, info, extra, (tag or {}).get("is_padding", False))
+        for key, tag, source, info, extra in columns
+    }
 
 
 def with_columns(reward_extra_infos_dict: Mapping[str, list], by_key: Mapping[str, dict]) -> dict[str, list]:
@@ -214,7 +227,9 @@ def with_columns(reward_extra_infos_dict: Mapping[str, list], by_key: Mapping[st
     {'uid': ['b_0_0', 'a_0_0'], 'is_padding': [True, None], 'iou': [None, 1.0]}
     """
     rows = [by_key[uid] for uid in reward_extra_infos_dict["uid"]]
-    added = dict.fromkeys(k for row in rows for k in row if k not in reward_extra_infos_dict and k not in _VERL_DUMP_KEYS)
+    added = dict.fromkeys(
+        k for row in rows for k in row if k not in reward_extra_infos_dict and k not in _VERL_DUMP_KEYS
+    )
     return {**reward_extra_infos_dict, **{k: [row.get(k) for row in rows] for k in added}}
 
 

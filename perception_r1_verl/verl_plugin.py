@@ -64,6 +64,7 @@ def check_registered() -> None:
             raise RuntimeError(f"{_NOT_REGISTERED}: importing it fails with {exc!r}") from exc
         raise RuntimeError(f"{_NOT_REGISTERED}: verl did not load the plugin")
 
+
 if __name__ == "__main__":
     check_registered()
     print("perception-r1-verl: verl reward manager 'perception' is registered")

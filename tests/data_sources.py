@@ -25,7 +25,9 @@ from perception_r1_verl.data.options import ConvertOptions
 
 # Real COCO-format data from Debian's labelme-examples: 3 photos, ids (annotations too) from 0.
 LABELME = Path("/usr/share/doc/labelme-examples/examples/instance_segmentation/data_dataset_coco/annotations.json")
-LABELME_MISSING = "Debian package labelme-examples is not installed (apt-get install -y labelme-examples); CI installs it"
+LABELME_MISSING = (
+    "Debian package labelme-examples is not installed (apt-get install -y labelme-examples); CI installs it"
+)
 TESSERACT_DIR = Path("/usr/share/cargo/registry/tesseract-sys-0.5.14")
 
 
@@ -51,7 +53,9 @@ def tesseract_page() -> tuple[Path, str]:
     if not img.exists():
         found = sorted(Path("/usr/share/cargo/registry").glob("tesseract-sys-*/img.png"))
         if not found:
-            pytest.skip("needs the Debian package librust-tesseract-sys-dev (apt-get install librust-tesseract-sys-dev)")
+            pytest.skip(
+                "needs the Debian package librust-tesseract-sys-dev (apt-get install librust-tesseract-sys-dev)"
+            )
         img, txt = found[-1], found[-1].with_suffix(".txt")
     return img, txt.read_text()
 
@@ -67,7 +71,13 @@ def voc_as_coco(root: Path) -> tuple[Path, Path, list]:
     names = data["class_names"]
     boxes = [[float(x1), float(y1), float(x2), float(y2)] for y1, x1, y2, x2 in data["bboxes"]]
     anns = [
-        {"id": i, "image_id": 7, "category_id": int(label), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": 0}
+        {
+            "id": i,
+            "image_id": 7,
+            "category_id": int(label),
+            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+            "iscrowd": 0,
+        }
         for i, (b, label) in enumerate(zip(boxes, data["labels"]))
     ]
     coco = {

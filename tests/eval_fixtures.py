@@ -9,8 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-PROMPTS = {"grounding": "Output the bounding box of the dog in the image.", "counting": "Output all the bounding boxes of the apple",
-           "ocr": "OCR this image."}
+PROMPTS = {
+    "grounding": "Output the bounding box of the dog in the image.",
+    "counting": "Output all the bounding boxes of the apple",
+    "ocr": "OCR this image.",
+}
 
 
 def png(size=(100, 100), mode="RGB") -> bytes:
@@ -31,16 +34,25 @@ def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl"):
     for i, gt in enumerate(gts):
         input_size = list(gt["frame"]) if family == "qwen2_5_vl" and gt.get("frame") else [112, 112]
         source, split = (groups or ["refcoco/val"] * len(gts))[i].split("/")
-        rows.append({
-            "data_source": source,
-            "prompt": [{"role": "user", "content": "<image>" + PROMPTS[task]}],
-            "images": [{"bytes": image, "min_pixels": 3136, "max_pixels": 1_000_000}],
-            "ability": task,
-            "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
-            "extra_info": {"task": task, "index": i, "split": split, "source_id": f"img{i}",
-                           "image_size": [100, 100], "input_size": input_size, "model_family": family,
-                           "think": bool(think and think[i])},
-        })
+        rows.append(
+            {
+                "data_source": source,
+                "prompt": [{"role": "user", "content": "<image>" + PROMPTS[task]}],
+                "images": [{"bytes": image, "min_pixels": 3136, "max_pixels": 1_000_000}],
+                "ability": task,
+                "reward_model": {"style": "rule", "ground_truth": json.dumps(gt)},
+                "extra_info": {
+                    "task": task,
+                    "index": i,
+                    "split": split,
+                    "source_id": f"img{i}",
+                    "image_size": [100, 100],
+                    "input_size": input_size,
+                    "model_family": family,
+                    "think": bool(think and think[i]),
+                },
+            }
+        )
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
 

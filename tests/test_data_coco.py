@@ -166,8 +166,20 @@ def test_resized_store_is_the_input_image(tmp_path):
 def test_cli_help_and_run(tmp_path):
     s = make_sample_coco(tmp_path / "s", n_images=3)
     help_text = prep("coco_det", "--help").stdout
-    for flag in ("--annotations", "--images", "--out", "--split", "--limit", "--seed", "--model-family", "--min-pixels",
-                 "--max-pixels", "--think", "--strict", "--workers"):
+    for flag in (
+        "--annotations",
+        "--images",
+        "--out",
+        "--split",
+        "--limit",
+        "--seed",
+        "--model-family",
+        "--min-pixels",
+        "--max-pixels",
+        "--think",
+        "--strict",
+        "--workers",
+    ):
         assert flag in help_text
     out = tmp_path / "o.parquet"
     run = prep("coco_det", "--annotations", s.annotations, "--images", s.images, "--out", out, "--split", "val",
@@ -179,5 +191,7 @@ def test_cli_help_and_run(tmp_path):
 
 def test_cli_strict_exits_2(tmp_path):
     s = _broken_set(tmp_path / "s")
-    run = prep("coco_det", "--annotations", s.annotations, "--images", s.images, "--out", tmp_path / "o.parquet", "--strict")
+    run = prep(
+        "coco_det", "--annotations", s.annotations, "--images", s.images, "--out", tmp_path / "o.parquet", "--strict"
+    )
     assert run.returncode == 2 and "error: duplicate_id at image id 4" in run.stderr

@@ -30,7 +30,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from data_sources import coins_with_points, expected_box, opts, oracle_input_size, prep, rows, tesseract_page, voc_as_coco
+from data_sources import (
+    coins_with_points,
+    expected_box,
+    opts,
+    oracle_input_size,
+    prep,
+    rows,
+    tesseract_page,
+    voc_as_coco,
+)
 from PIL import Image
 
 from perception_r1_verl.data.page_ocr import convert_page_ocr
@@ -113,10 +122,22 @@ def test_vlm_r1_conversation_jsonl(tmp_path, coco_root):
     question (``<image>`` and the REC question of the record above), conversations[1] the box."""
     b = VLM_R1_RECORD["solution"]
     recs = [
-        {"id": 1, "image": VLM_R1_RECORD["image"], "conversations": [
-            {"from": "human", "value": "<image>" + VLM_R1_RECORD["problem"]}, {"from": "gpt", "value": json.dumps(b)}]},
-        {"id": 2, "image": VLM_R1_RECORD["image"], "conversations": [
-            {"from": "human", "value": "<image>What is this?"}, {"from": "gpt", "value": json.dumps(b)}]},  # no expression
+        {
+            "id": 1,
+            "image": VLM_R1_RECORD["image"],
+            "conversations": [
+                {"from": "human", "value": "<image>" + VLM_R1_RECORD["problem"]},
+                {"from": "gpt", "value": json.dumps(b)},
+            ],
+        },
+        {
+            "id": 2,
+            "image": VLM_R1_RECORD["image"],
+            "conversations": [
+                {"from": "human", "value": "<image>What is this?"},
+                {"from": "gpt", "value": json.dumps(b)},
+            ],
+        },  # no expression
     ]
     path = tmp_path / "refcocog_train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
@@ -132,14 +153,28 @@ def test_vlm_r1_conversation_jsonl(tmp_path, coco_root):
 
 def _lmms_table(root: Path, split: str, boxes, image: bytes, first_id: int = 1000) -> Path:
     schema = pa.schema(
-        [("question_id", pa.string()), ("image", HF_IMAGE), ("question", pa.string()), ("answer", pa.list_(pa.string())),
-         ("segmentation", pa.list_(pa.float32())), ("bbox", pa.list_(pa.float32())), ("iscrowd", pa.int8()),
-         ("file_name", pa.string())]
+        [
+            ("question_id", pa.string()),
+            ("image", HF_IMAGE),
+            ("question", pa.string()),
+            ("answer", pa.list_(pa.string())),
+            ("segmentation", pa.list_(pa.float32())),
+            ("bbox", pa.list_(pa.float32())),
+            ("iscrowd", pa.int8()),
+            ("file_name", pa.string()),
+        ]
     )
     recs = [
-        {"question_id": str(first_id + i), "image": {"bytes": image, "path": None}, "question": "", "answer": [f"the {n}", f"{n} number {i}"],
-         "segmentation": [b[0], b[1], b[2], b[1], b[2], b[3]], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "iscrowd": 0,
-         "file_name": f"COCO_train2014_{i:012d}.jpg"}
+        {
+            "question_id": str(first_id + i),
+            "image": {"bytes": image, "path": None},
+            "question": "",
+            "answer": [f"the {n}", f"{n} number {i}"],
+            "segmentation": [b[0], b[1], b[2], b[1], b[2], b[3]],
+            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+            "iscrowd": 0,
+            "file_name": f"COCO_train2014_{i:012d}.jpg",
+        }
         for i, (b, n) in enumerate(boxes)
     ]
     recs.append(recs[0] | {"question_id": "bad", "answer": None})  # a null cell: malformed
@@ -161,7 +196,7 @@ def test_lmms_lab_parquet_embedded_images(tmp_path, workers):
     got = {r["extra_info"]["source_id"]: r for r in rows(out)}
     assert len(got) == 2 * len(boxes) and "malformed_record: 1" in run.stderr
     frame = (1000, 1000)
-    for i, (b, n) in enumerate(boxes):
+    for i, (b, _n) in enumerate(boxes):
         for k in range(2):
             r = got[f"{1000 + i}/{k}"]
             assert r["gt"]["bbox_2d"] == expected_box(b, (500, 375), frame)  # xywh read back as xyxy
@@ -172,8 +207,14 @@ def test_lmms_lab_parquet_embedded_images(tmp_path, workers):
 
 @pytest.mark.parametrize(
     ("repo", "split", "dataset"),
-    [("RefCOCO", "val", "refcoco"), ("RefCOCO", "test", "refcoco"), ("RefCOCO", "testB", "refcoco"),
-     ("RefCOCOplus", "val", "refcoco+"), ("RefCOCOg", "val", "refcocog"), ("RefCOCOg", "test", "refcocog")],
+    [
+        ("RefCOCO", "val", "refcoco"),
+        ("RefCOCO", "test", "refcoco"),
+        ("RefCOCO", "testB", "refcoco"),
+        ("RefCOCOplus", "val", "refcoco+"),
+        ("RefCOCOg", "val", "refcocog"),
+        ("RefCOCOg", "test", "refcocog"),
+    ],
 )
 def test_lmms_lab_dataset_and_split_from_the_hub_path(tmp_path, repo, split, dataset):
     coins, _ = coins_with_points(tmp_path / "coins")
@@ -237,9 +278,16 @@ def test_easyr1_counting_parquet_and_jsonl_paths(tmp_path):
     table = _easyr1_parquet(
         tmp_path / "clevr.parquet",
         [
-            {"images": [{"bytes": coins.read_bytes(), "path": None}], "problem": "<image>How many coins are there in the image?",
-             "answer": f"<answer> {len(points)} </answer>"},
-            {"images": [{"bytes": coins.read_bytes(), "path": None}], "problem": "<image>What is shown?", "answer": "3"},
+            {
+                "images": [{"bytes": coins.read_bytes(), "path": None}],
+                "problem": "<image>How many coins are there in the image?",
+                "answer": f"<answer> {len(points)} </answer>",
+            },
+            {
+                "images": [{"bytes": coins.read_bytes(), "path": None}],
+                "problem": "<image>What is shown?",
+                "answer": "3",
+            },
         ],
     )
     s = convert_pixmo_count(table, None, tmp_path / "o.parquet", opts(model_family="qwen2_vl"))
@@ -249,7 +297,10 @@ def test_easyr1_counting_parquet_and_jsonl_paths(tmp_path):
     assert {k: v["count"] for k, v in s["rules"].items()} == {"malformed_record": 1, "count_without_points": 1}
     # EasyR1's other form: image paths under its image_dir
     jl = tmp_path / "img" / "t.jsonl"
-    jl.write_text(json.dumps({"images": ["coins.png"], "problem": "How many items are there in the image?", "answer": "24"}) + "\n")
+    jl.write_text(
+        json.dumps({"images": ["coins.png"], "problem": "How many items are there in the image?", "answer": "24"})
+        + "\n"
+    )
     convert_pixmo_count(jl, None, tmp_path / "j.parquet", opts())
     (r,) = rows(tmp_path / "j.parquet")
     assert r["gt"]["count"] == 24 and "the items" in r["prompt"][0]["content"]
@@ -259,7 +310,13 @@ def test_easyr1_ocr_parquet(tmp_path):
     page, text = tesseract_page()
     table = _easyr1_parquet(
         tmp_path / "ocr.parquet",
-        [{"images": [{"bytes": page.read_bytes(), "path": "page.png"}], "problem": "<image>Read the text.", "answer": text}],
+        [
+            {
+                "images": [{"bytes": page.read_bytes(), "path": "page.png"}],
+                "problem": "<image>Read the text.",
+                "answer": text,
+            }
+        ],
     )
     s = convert_page_ocr(table, None, tmp_path / "o.parquet", opts())
     (r,) = rows(tmp_path / "o.parquet")
@@ -279,7 +336,11 @@ def test_fox_page_ocr_benchmark_folder(tmp_path):
     (bench / "en_page_ocr.json").write_text(
         json.dumps(
             [
-                {"image": "en_1.png", "len": len(text.split()), "conversations": [human, {"from": "gpt", "value": text}]},
+                {
+                    "image": "en_1.png",
+                    "len": len(text.split()),
+                    "conversations": [human, {"from": "gpt", "value": text}],
+                },
                 {"image": "en_2.png", "len": 1, "conversations": [human]},  # no answer: malformed
             ],
             ensure_ascii=False,

@@ -45,7 +45,11 @@ def test_rules(tmp_path):
     (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
     s = convert_page_ocr(tmp_path / "p.jsonl", None, tmp_path / "o.parquet", ConvertOptions(progress=False))
     assert {k: v["count"] for k, v in s["rules"].items()} == {
-        "duplicate_id": 1, "empty_text": 1, "corrupt_image": 1, "bad_aspect_ratio": 1, "malformed_record": 3,
+        "duplicate_id": 1,
+        "empty_text": 1,
+        "corrupt_image": 1,
+        "bad_aspect_ratio": 1,
+        "malformed_record": 3,
     }
     (r,) = rows(tmp_path / "o.parquet")
     assert r["gt"] == {"text": "Hello\nworld"} and "frame" not in r["gt"]

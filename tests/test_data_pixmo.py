@@ -31,8 +31,13 @@ def test_parquet_table_by_sha(tmp_path, coins, family):
     assert 20 <= len(points) <= 24  # scikit-image's 24 coins, as a threshold finds them
     table = pa.Table.from_pylist(
         [
-            {"image_url": "https://x/coins.png", "image_sha256": sha, "label": "coins", "count": len(points),
-             "points": [{"x": x, "y": y} for x, y in points]},
+            {
+                "image_url": "https://x/coins.png",
+                "image_sha256": sha,
+                "label": "coins",
+                "count": len(points),
+                "points": [{"x": x, "y": y} for x, y in points],
+            },
         ]
     )
     pq.write_table(table, tmp_path / "t.parquet")
@@ -67,8 +72,13 @@ def test_jsonl_rules(tmp_path, coins):
     s = convert_pixmo_count(path, images, tmp_path / "o.parquet", opts(model_family="qwen2_vl"))
     counts = {k: v["count"] for k, v in s["rules"].items()}
     assert counts == {
-        "duplicate_id": 1, "count_mismatch": 1, "point_outside_image": 1, "count_without_points": 1,
-        "empty_text": 1, "malformed_record": 2, "missing_image": 1,
+        "duplicate_id": 1,
+        "count_mismatch": 1,
+        "point_outside_image": 1,
+        "count_without_points": 1,
+        "empty_text": 1,
+        "malformed_record": 2,
+        "missing_image": 1,
     }
     got = {r["extra_info"]["source_id"].split(":")[1]: r["gt"] for r in rows(tmp_path / "o.parquet")}
     assert got["silver coins"]["count"] == 2 and got["silver coins"]["points"][1] == [1000, 0]
@@ -90,18 +100,30 @@ def test_cli(tmp_path, coins):
 def test_hugging_face_layout(tmp_path, coins):
     """PixMo-Count's parquet stores points as {"x": [...], "y": [...]}; eval rows have none."""
     images, sha, points = coins
-    schema = pa.schema([("image_sha256", pa.string()), ("count", pa.int32()), ("label", pa.string()),
-                        ("points", pa.struct([("x", pa.list_(pa.float32())), ("y", pa.list_(pa.float32()))]))])
+    schema = pa.schema(
+        [
+            ("image_sha256", pa.string()),
+            ("count", pa.int32()),
+            ("label", pa.string()),
+            ("points", pa.struct([("x", pa.list_(pa.float32())), ("y", pa.list_(pa.float32()))])),
+        ]
+    )
     table = pa.Table.from_pylist(
         [
-            {"image_sha256": sha, "count": len(points), "label": "coins",
-             "points": {"x": [p[0] for p in points], "y": [p[1] for p in points]}},
+            {
+                "image_sha256": sha,
+                "count": len(points),
+                "label": "coins",
+                "points": {"x": [p[0] for p in points], "y": [p[1] for p in points]},
+            },
             {"image_sha256": sha, "count": 5, "label": "large coins", "points": {"x": [], "y": []}},
         ],
         schema=schema,
     )
     pq.write_table(table, tmp_path / "validation.parquet")
-    s = convert_pixmo_count(tmp_path / "validation.parquet", images, tmp_path / "o.parquet", opts(model_family="qwen2_vl"))
+    s = convert_pixmo_count(
+        tmp_path / "validation.parquet", images, tmp_path / "o.parquet", opts(model_family="qwen2_vl")
+    )
     assert {k: v["count"] for k, v in s["rules"].items()} == {"count_without_points": 1}
     got = {r["extra_info"]["source_id"].split(":")[1]: r["gt"] for r in rows(tmp_path / "o.parquet")}
     assert got["coins"]["count"] == len(points) == len(got["coins"]["points"])

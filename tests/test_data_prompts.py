@@ -6,8 +6,12 @@ import pytest
 
 from perception_r1_verl.prompts import THINK_INSTRUCTION, chat, prompt_text
 
-ARGS = {"grounding": {"expression": "dog"}, "counting": {"label": "apples"}, "detection": {"categories": ["a", "b"]},
-        "ocr": {}}
+ARGS = {
+    "grounding": {"expression": "dog"},
+    "counting": {"label": "apples"},
+    "detection": {"categories": ["a", "b"]},
+    "ocr": {},
+}
 PAPER = {
     "grounding": "Output the bounding box of the dog in the image.",
     "counting": "Output all the bounding boxes of the apples.",

@@ -45,7 +45,12 @@ def _refs_from_labelme(folder: Path) -> tuple[Path, Path, dict]:
 def test_refer_pickle_every_family(tmp_path, family):
     refs, ann, coco = _refs_from_labelme(tmp_path)
     summary = convert_refcoco(
-        tmp_path / "o.parquet", opts(model_family=family), refs=refs, instances=ann, images=ann.parent, dataset="refcoco+"
+        tmp_path / "o.parquet",
+        opts(model_family=family),
+        refs=refs,
+        instances=ann,
+        images=ann.parent,
+        dataset="refcoco+",
     )
     out = rows(tmp_path / "o.parquet")
     train = [a for a in coco["annotations"] if a["id"] % 3]
@@ -119,7 +124,11 @@ def test_jsonl_export_formats_and_rules(tmp_path):
     assert wide["bbox_2d"][0] == 0 and wide["bbox_2d"][2] == frame[0]
     counts = {k: v["count"] for k, v in s["rules"].items()}
     assert counts == {
-        "empty_text": 1, "duplicate_id": 1, "box_zero_area": 1, "box_outside_image": 1, "missing_image": 1,
+        "empty_text": 1,
+        "duplicate_id": 1,
+        "box_zero_area": 1,
+        "box_outside_image": 1,
+        "missing_image": 1,
         "malformed_record": 2,
     }
     assert s["rows"] == 3

@@ -12,18 +12,17 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
+from PIL import Image
 from qwen_fixtures import write_qwen2_5_vl_processor
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco import convert_coco
 from perception_r1_verl.data.options import ConvertOptions
-from perception_r1_verl.data.rows import SCHEMA
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count
 from perception_r1_verl.data.refcoco import convert_refcoco
-
+from perception_r1_verl.data.rows import SCHEMA
 
 
 def _all_sources(root: Path, family: str, **kw) -> list[Path]:
@@ -61,9 +60,17 @@ def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
     convert_coco(labelme_coco(), None, tmp_path / "det.parquet", ConvertOptions(progress=False, image_store="resized"))
     for name in ("ocr", "det"):
         run = subprocess.run(
-            [sys.executable, "-m", "perception_r1_verl.data.cli", "check", tmp_path / f"{name}.parquet", "--processor",
-             qwen2_5_vl_processor_dir],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "perception_r1_verl.data.cli",
+                "check",
+                tmp_path / f"{name}.parquet",
+                "--processor",
+                qwen2_5_vl_processor_dir,
+            ],
+            capture_output=True,
+            text=True,
         )
         assert run.returncode == 0, run.stdout + run.stderr
         assert "0 problems" in run.stdout
@@ -90,7 +97,9 @@ def test_qwen3_vl_patch_16(tmp_path):
     small.mkdir()
     Image.new("RGB", (120, 90), "white").save(small / "a.png")  # under the minimum: enlarged
     (small / "p.jsonl").write_text(json.dumps({"image": "a.png", "text": "blank"}) + "\n")
-    convert_page_ocr(small / "p.jsonl", None, small / "o.parquet", ConvertOptions(progress=False, model_family="qwen3_vl"))
+    convert_page_ocr(
+        small / "p.jsonl", None, small / "o.parquet", ConvertOptions(progress=False, model_family="qwen3_vl")
+    )
     for parquet in [*_all_sources(tmp_path, "qwen3_vl"), small / "o.parquet"]:
         report = inspect_parquet(parquet, folder, n_draw=0)
         assert report.ok, report.problems

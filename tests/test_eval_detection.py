@@ -86,7 +86,9 @@ def noisy_predictions(sample, rng, categories):
         items.append({"bbox_2d": [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)], "label": obj["label"]})
     for label in list(rng.choice(categories[1:], 2)) + ["zebra"]:
         x, y = int(rng.integers(0, fw - 60)), int(rng.integers(0, fh - 60))
-        items.append({"bbox_2d": [x, y, x + int(rng.integers(5, 60)), y + int(rng.integers(5, 60))], "label": str(label)})
+        items.append(
+            {"bbox_2d": [x, y, x + int(rng.integers(5, 60)), y + int(rng.integers(5, 60))], "label": str(label)}
+        )
     items = [items[i] for i in rng.permutation(len(items))]
     w, h = sample.extra_info["image_size"]
     expected = []
@@ -96,8 +98,14 @@ def noisy_predictions(sample, rng, categories):
         x1, y1, x2, y2 = item["bbox_2d"]
         x1, x2 = (min(max(v * w / fw, 0), w) for v in (x1, x2))
         y1, y2 = (min(max(v * h / fh, 0), h) for v in (y1, y2))
-        expected.append({"image_id": int(sample.extra_info["source_id"]), "category_id": categories.index(item["label"]),
-                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1 / (1 + rank)})
+        expected.append(
+            {
+                "image_id": int(sample.extra_info["source_id"]),
+                "category_id": categories.index(item["label"]),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": 1 / (1 + rank),
+            }
+        )
     return "```json\n" + json.dumps(items) + "\n```", expected
 
 
@@ -122,8 +130,10 @@ def test_exact_ground_truth_answers_score_ap_1(split, tmp_path):
 def test_raw_pycocotools_miscounts_annotation_id_0(split):
     """Why ids are renumbered: the same perfect detections lose AP with id 0 left in."""
     data = labelme_dataset(renumber=False)
-    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-               for a in data["annotations"]]
+    perfect = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in data["annotations"]
+    ]
     assert pycocotools_stats(labelme_dataset(renumber=True), perfect)[0] == 1.0
     assert pycocotools_stats(data, perfect)[0] < 1.0
 
@@ -162,8 +172,11 @@ def test_unparsable_and_missing_responses_count_as_images_without_detections(spl
     m = score(data, write_responses(tmp_path / "r.jsonl", samples, texts), tmp_path / "out", annotations=LABELME)
     assert (m["n_samples"], m["n_images"], m["n_missing"], m["n_unparsable"]) == (3, 3, 1, 0)
     assert m["n_truncated"] == 1  # the cut-off JSON parses to zero boxes, and is flagged
-    only_first = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
-                  for a in labelme_dataset(True)["annotations"] if a["image_id"] == 0]
+    only_first = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+        for a in labelme_dataset(True)["annotations"]
+        if a["image_id"] == 0
+    ]
     # AR100 with 3 of 12 objects found (scores differ, matches do not):
     assert m["AR100"] == pytest.approx(pycocotools_stats(labelme_dataset(True), only_first)[8], abs=0.02)
     assert m["AR100"] < 0.5
@@ -175,8 +188,12 @@ def test_unparsable_and_missing_responses_count_as_images_without_detections(spl
 def test_no_detections_at_all_score_zero_not_crash(split, tmp_path):
     data, _ = split
     samples = read_split(data)
-    m = score(data, write_responses(tmp_path / "r.jsonl", samples, ["no objects here"] * 3), tmp_path / "o",
-              annotations=LABELME)
+    m = score(
+        data,
+        write_responses(tmp_path / "r.jsonl", samples, ["no objects here"] * 3),
+        tmp_path / "o",
+        annotations=LABELME,
+    )
     assert m["AP"] == 0.0 and m["AR100"] == 0.0 and m["n_unparsable"] == 3
     assert orjson.loads((tmp_path / "o" / "detections.json").read_bytes()) == []
 

@@ -34,16 +34,39 @@ def read_jsonl(path):
 
 def test_transformers_generation_writes_and_resumes(tiny_qwen2_5_vl, tmp_path, capsys):
     data, out = split(tmp_path), tmp_path / "responses.jsonl"
-    args = ["generate", "--model", str(tiny_qwen2_5_vl), "--data", str(data), "--out", str(out),
-            "--backend", "transformers", "--batch-size", "2", "--max-new-tokens", "4", "--device", "cpu"]
+    args = [
+        "generate",
+        "--model",
+        str(tiny_qwen2_5_vl),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--backend",
+        "transformers",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert cli.main([*args, "--limit", "3"]) == 0  # an interrupted run: 3 of 5 rows
     assert "3 generated (transformers), 0 already done, 5 rows" in capsys.readouterr().out
     first = read_jsonl(out)
     assert [r["index"] for r in first] == [0, 1, 2] and all(isinstance(r["response"], str) for r in first)
     # A kill in the middle of a write leaves half a line: it is dropped and regenerated.
     out.write_text(out.read_text() + '{"index": 3, "resp')
-    stats = generate(tiny_qwen2_5_vl, data, out, backend="transformers", batch_size=2, max_new_tokens=4, device="cpu",
-                     log=lambda _: None)
+    stats = generate(
+        tiny_qwen2_5_vl,
+        data,
+        out,
+        backend="transformers",
+        batch_size=2,
+        max_new_tokens=4,
+        device="cpu",
+        log=lambda _: None,
+    )
     assert (stats["generated"], stats["already_done"]) == (2, 3)
     rows = read_jsonl(out)
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4] and rows[:3] == first
@@ -79,9 +102,10 @@ def test_prompt_is_what_verl_builds(tiny_qwen2_5_vl, tmp_path):
     assert "<|vision_start|><|image_pad|><|vision_end|>Output the bounding box" in text
 
 
-@pytest.mark.parametrize(("size", "mode", "bounds"), [((100, 100), "RGB", (3136, 1_000_000)),
-                                                       ((1500, 900), "RGBA", (3136, 200_000)),
-                                                       ((30, 20), "RGB", (None, None))])
+@pytest.mark.parametrize(
+    ("size", "mode", "bounds"),
+    [((100, 100), "RGB", (3136, 1_000_000)), ((1500, 900), "RGBA", (3136, 200_000)), ((30, 20), "RGB", (None, None))],
+)
 def test_fetch_image_matches_qwen_vl_utils(size, mode, bounds):
     if importlib.util.find_spec("qwen_vl_utils") is None:
         pytest.skip("PyPI qwen-vl-utils (the oracle) is not installed")
@@ -108,8 +132,16 @@ def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_qwen2_5_vl, tmp_pa
     shutil.copytree(tiny_qwen2_5_vl, merged)
     base = AutoModelForImageTextToText.from_pretrained(merged)
     # init_lora_weights=False: a non-zero adapter, so folding it in changes the model.
-    lora = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                           exclude_modules=r".*visual.*", init_lora_weights=False))
+    lora = get_peft_model(
+        base,
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj"],
+            exclude_modules=r".*visual.*",
+            init_lora_weights=False,
+        ),
+    )
     lora.save_pretrained(merged / "lora_adapter")
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
@@ -124,8 +156,9 @@ def test_a_lora_checkpoint_is_evaluated_with_its_adapter(tiny_qwen2_5_vl, tmp_pa
     with torch.no_grad():
         assert torch.allclose(folded(input_ids=ids).logits, want, atol=1e-4)
     said.clear()  # a second call reuses the folded model
-    generate(merged, data, tmp_path / "again.jsonl", backend="transformers", max_new_tokens=2, device="cpu",
-             log=said.append)
+    generate(
+        merged, data, tmp_path / "again.jsonl", backend="transformers", max_new_tokens=2, device="cpu", log=said.append
+    )
     assert not any("folding" in line for line in said)
 
 
@@ -165,17 +198,22 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
 
         def generate(self, requests, params, use_tqdm):
             calls["requests"] += requests
-            return [types.SimpleNamespace(outputs=[types.SimpleNamespace(text="[1, 2, 3, 4]<|im_end|>")])
-                    for _ in requests]
+            return [
+                types.SimpleNamespace(outputs=[types.SimpleNamespace(text="[1, 2, 3, 4]<|im_end|>")]) for _ in requests
+            ]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     out = tmp_path / "r.jsonl"
-    stats = generate(tiny_qwen2_5_vl, split(tmp_path, n=3), out, tensor_parallel_size=4, batch_size=2, log=lambda _: None)
+    stats = generate(
+        tiny_qwen2_5_vl, split(tmp_path, n=3), out, tensor_parallel_size=4, batch_size=2, log=lambda _: None
+    )
     assert stats["backend"] == "vllm" and stats["generated"] == 3  # "auto" picks vLLM when importable
     assert calls["llm"]["tensor_parallel_size"] == 4 and calls["llm"]["limit_mm_per_prompt"] == {"image": 1}
     assert calls["sampling"] == {"temperature": 0.0, "max_tokens": 2048, "skip_special_tokens": False}
     request = calls["requests"][0]
-    assert request["prompt"].endswith("Output the bounding box of the dog in the image.<|im_end|>\n<|im_start|>assistant\n")
+    assert request["prompt"].endswith(
+        "Output the bounding box of the dog in the image.<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert [im.size for im in request["multi_modal_data"]["image"]] == [(112, 112)]
     assert [r["response"] for r in read_jsonl(out)] == ["[1, 2, 3, 4]"] * 3
 
@@ -193,10 +231,44 @@ def test_generate_then_score_end_to_end_on_real_photos(tiny_qwen2_5_vl, tmp_path
     data, responses, out = tmp_path / "val.parquet", tmp_path / "r.jsonl", tmp_path / "eval"
     with contextlib.redirect_stderr(io.StringIO()):
         convert_coco(LABELME, None, data, ConvertOptions(split="val"), keep_empty=True)
-    assert cli.main(["generate", "--model", str(tiny_qwen2_5_vl), "--data", str(data), "--out", str(responses),
-                     "--backend", "transformers", "--max-new-tokens", "8", "--device", "cpu"]) == 0
-    assert cli.main(["score", "--data", str(data), "--responses", str(responses), "--out", str(out),
-                     "--annotations", str(LABELME), "--top-k", "3"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--model",
+                str(tiny_qwen2_5_vl),
+                "--data",
+                str(data),
+                "--out",
+                str(responses),
+                "--backend",
+                "transformers",
+                "--max-new-tokens",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "score",
+                "--data",
+                str(data),
+                "--responses",
+                str(responses),
+                "--out",
+                str(out),
+                "--annotations",
+                str(LABELME),
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 3 and metrics["n_missing"] == 0  # noise answers: images kept, no boxes
     assert (out / "report.html").read_text().count("data:image/jpeg;base64,") == 6

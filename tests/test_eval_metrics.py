@@ -17,10 +17,21 @@ from perception_r1_verl.eval import score as score_mod
 from perception_r1_verl.eval.score import score
 from perception_r1_verl.parsing import parse_answer
 
+
 def test_grounding_metrics_by_hand(tmp_path):
     f = [100, 100]
-    gts = [{"bbox_2d": b, "frame": f} for b in
-           ([0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 40, 40], [0, 0, 10, 10], [0, 0, 20, 20], [0, 0, 10, 10])]
+    gts = [
+        {"bbox_2d": b, "frame": f}
+        for b in (
+            [0, 0, 10, 10],
+            [0, 0, 10, 10],
+            [0, 0, 10, 10],
+            [20, 20, 40, 40],
+            [0, 0, 10, 10],
+            [0, 0, 20, 20],
+            [0, 0, 10, 10],
+        )
+    ]
     texts = [
         "[0, 0, 10, 10]",  # IoU 1, centre in
         '```json\n[{"bbox_2d": [0, 0, 10, 20], "label": "dog"}]\n```',  # 0.5, centre on the edge: in
@@ -49,16 +60,20 @@ def test_grounding_metrics_by_hand(tmp_path):
 
 
 def test_counting_metrics_by_hand(tmp_path):
-    gts = [{"count": 3, "points": [[1, 1], [5, 5], [9, 9]], "frame": [100, 100]},
-           {"count": 3, "points": [[1, 1], [5, 5], [9, 9]], "frame": [100, 100]},
-           {"count": 4, "frame": [100, 100]},
-           {"count": 0, "points": [], "frame": [100, 100]},
-           {"count": 2, "frame": [100, 100]}]
-    texts = ['[{"point_2d": [1, 1]}, {"point_2d": [5, 5]}, {"point_2d": [9, 9]}]',
-             '[{"bbox_2d": [0, 0, 2, 2]}, {"bbox_2d": [4, 4, 6, 6]}]',
-             "".join(f"<|box_start|>({i},{i}),({i + 3},{i + 3})<|box_end|>" for i in range(4)),
-             None,  # nothing said about an empty image: right
-             '[{"point_2d": [1]}, {"point_2d": [3, 4]}]']  # a malformed item does not count
+    gts = [
+        {"count": 3, "points": [[1, 1], [5, 5], [9, 9]], "frame": [100, 100]},
+        {"count": 3, "points": [[1, 1], [5, 5], [9, 9]], "frame": [100, 100]},
+        {"count": 4, "frame": [100, 100]},
+        {"count": 0, "points": [], "frame": [100, 100]},
+        {"count": 2, "frame": [100, 100]},
+    ]
+    texts = [
+        '[{"point_2d": [1, 1]}, {"point_2d": [5, 5]}, {"point_2d": [9, 9]}]',
+        '[{"bbox_2d": [0, 0, 2, 2]}, {"bbox_2d": [4, 4, 6, 6]}]',
+        "".join(f"<|box_start|>({i},{i}),({i + 3},{i + 3})<|box_end|>" for i in range(4)),
+        None,  # nothing said about an empty image: right
+        '[{"point_2d": [1]}, {"point_2d": [3, 4]}]',
+    ]  # a malformed item does not count
     data = make_split(tmp_path / "c.parquet", "counting", gts, ["pixmo_count/val"] * 3 + ["pixmo_count/test"] * 2)
     m = score(data, write_responses(tmp_path / "r.jsonl", texts), tmp_path / "out")
     assert m["Acc"] == pytest.approx(3 / 5) and m["MAE"] == pytest.approx(2 / 5)
@@ -132,8 +147,10 @@ def test_jieba_tokenizer_when_installed():
 def test_responses_file_problems_are_counted(tmp_path):
     data = make_split(tmp_path / "g.parquet", "grounding", [{"bbox_2d": [0, 0, 10, 10], "frame": [100, 100]}] * 2)
     path = tmp_path / "r.jsonl"
-    path.write_text('{"index": 0, "response": "[0, 0, 10, 10]"}\n{"index": 0, "response": "[]"}\n'
-                    '{"index": 7, "response": "[]"}\n{"index": 1, "resp')
+    path.write_text(
+        '{"index": 0, "response": "[0, 0, 10, 10]"}\n{"index": 0, "response": "[]"}\n'
+        '{"index": 7, "response": "[]"}\n{"index": 1, "resp'
+    )
     m = score(data, path, tmp_path / "out", report=False)
     assert m["responses"] == {"bad_lines": 1, "duplicates": 1, "unmatched": 1}
     assert m["n_missing"] == 1 and m["Acc@0.5"] == 0.5  # the first response of index 0 is kept
@@ -152,8 +169,24 @@ def test_mixed_tasks_are_refused(tmp_path):
 def test_cli_score_writes_everything(ocr_split, tmp_path, capsys):
     data, responses = ocr_split
     out = tmp_path / "cli"
-    assert cli.main(["score", "--data", str(data), "--responses", str(responses), "--out", str(out),
-                     "--zh-tokenizer", "char", "--top-k", "2"]) == 0
+    assert (
+        cli.main(
+            [
+                "score",
+                "--data",
+                str(data),
+                "--responses",
+                str(responses),
+                "--out",
+                str(out),
+                "--zh-tokenizer",
+                "char",
+                "--top-k",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert {p.name for p in out.iterdir()} == {"metrics.json", "metrics.md", "samples.jsonl", "report.html"}
     assert "| all | 4 |" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["n_samples"] == 4

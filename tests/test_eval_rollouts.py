@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 from qwen_fixtures import QWEN_VL_CHAT_TEMPLATE, write_qwen2_5_vl_processor
+from test_verl_plugin import agent_loop_sample, dump_v1_rollouts
 
 from perception_r1_verl import rewards
 from perception_r1_verl.data.options import ConvertOptions
@@ -34,7 +35,6 @@ from perception_r1_verl.eval.cli import main
 from perception_r1_verl.eval.rollouts import rollout_report
 from perception_r1_verl.parsing import render_answer
 from perception_r1_verl.step_metrics import COUNTERS
-from test_verl_plugin import agent_loop_sample, dump_v1_rollouts
 
 UNPARSABLE_GROUNDING = "I cannot find it in the picture."
 UNPARSABLE_COUNTING = "There are quite a few of them."
@@ -46,10 +46,16 @@ def _rows(path):
 
 def _prompt_ids(tokenizer, prompt) -> list[int]:
     """verl's prompt token ids: the messages (``<image>`` -> an image part), templated."""
-    messages = [{"role": m["role"], "content": [{"type": "image"}, {"type": "text", "text": m["content"].replace("<image>", "")}]}
-                for m in prompt]
-    text = tokenizer.apply_chat_template(messages, chat_template=QWEN_VL_CHAT_TEMPLATE, add_generation_prompt=True,
-                                         tokenize=False)
+    messages = [
+        {
+            "role": m["role"],
+            "content": [{"type": "image"}, {"type": "text", "text": m["content"].replace("<image>", "")}],
+        }
+        for m in prompt
+    ]
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=QWEN_VL_CHAT_TEMPLATE, add_generation_prompt=True, tokenize=False
+    )
     return tokenizer(text)["input_ids"]
 
 
@@ -78,8 +84,11 @@ def _score(row, output, **settings):
     reward_extra_info for one rollout."""
     info = dict.fromkeys((*rewards.component_keys(), *COUNTERS))
     info.update(dict.fromkeys(COUNTERS, 0.0))
-    info.update(rewards.compute_score(row["data_source"], output, row["reward_model"]["ground_truth"],
-                                      extra_info=row["extra_info"], **settings))
+    info.update(
+        rewards.compute_score(
+            row["data_source"], output, row["reward_model"]["ground_truth"], extra_info=row["extra_info"], **settings
+        )
+    )
     return info
 
 
@@ -103,8 +112,15 @@ def _dump_v1(folder, step, inputs, outputs, gts, scores, uids):
 
     trainer = SimpleNamespace(global_steps=step, _write_generations=PPOTrainer._write_generations)
     PPOTrainer._init_dump_executor(trainer)
-    PPOTrainer._dump_generations(trainer, inputs=inputs, outputs=outputs, gts=gts, scores=scores,
-                                 reward_extra_infos_dict={"uid": uids}, dump_path=str(folder))
+    PPOTrainer._dump_generations(
+        trainer,
+        inputs=inputs,
+        outputs=outputs,
+        gts=gts,
+        scores=scores,
+        reward_extra_infos_dict={"uid": uids},
+        dump_path=str(folder),
+    )
     PPOTrainer._shutdown_dump_executor(trainer)
 
 
@@ -139,15 +155,29 @@ def run(tmp_path_factory):
     (dump / "notes.txt").write_text("not a dump")
     out = root / "report.html"
     stats = rollout_report(dump, [ref, count], out, top_k=3)
-    return SimpleNamespace(root=root, ref=ref, count=count, rows=rows, dump=dump, step1=step1, step2=step2,
-                           tokenizer=tokenizer, stats=stats, html=out.read_text(), n_ref=len(table))
+    return SimpleNamespace(
+        root=root,
+        ref=ref,
+        count=count,
+        rows=rows,
+        dump=dump,
+        step1=step1,
+        step2=step2,
+        tokenizer=tokenizer,
+        stats=stats,
+        html=out.read_text(),
+        n_ref=len(table),
+    )
 
 
 def _section(html, sid):
     m = re.search(rf"<section id='{sid}'><h2>[^<]*: (\d+) of (\d+)</h2>(.*?)</section>", html, re.S)
     assert m, f"section {sid} missing"
-    cases = re.findall(r'<div class="case" data-where="([^"]+)">(.*?)(?=<div class="case"|</div></section>|$)',
-                       m.group(3) + "</div></section>", re.S)
+    cases = re.findall(
+        r'<div class="case" data-where="([^"]+)">(.*?)(?=<div class="case"|</div></section>|$)',
+        m.group(3) + "</div></section>",
+        re.S,
+    )
     return int(m.group(1)), int(m.group(2)), cases
 
 
@@ -177,7 +207,9 @@ def test_counts(run):
     n_ground = 4 * run.n_ref
     assert s["sections"]["unparsable"] == 2 * len(run.rows)  # one per prompt and step
     assert s["sections"]["best-grounding"] == 2 * n_ground and s["sections"]["best-counting"] == 2 * (n - n_ground)
-    assert s["sections"]["empty"] == 2 * (len(run.rows) - run.n_ref) + 2 * run.n_ref - 1  # [] per counting, "" per grounding
+    assert (
+        s["sections"]["empty"] == 2 * (len(run.rows) - run.n_ref) + 2 * run.n_ref - 1
+    )  # [] per counting, "" per grounding
     for word in ("Problems", "1 unreadable dump lines", "1 rollouts matched no row", "bad line 2.jsonl:"):
         assert word in run.html
 
@@ -200,8 +232,10 @@ def test_sections_hold_the_right_rollouts(run):
     assert "image missing or unreadable" in spam[0][1]  # row 0 lost its image
     _, total, repeated = _section(run.html, "repeated")
     assert "repeated: 45 repeated pairs" in spam[0][1]  # the spam repeats one box: also in this section
-    assert total == 1 + sum(2 * (r["extra_info"]["task"] == "counting" and orjson.loads(r["reward_model"]["ground_truth"])["count"] > 1)
-                            for r in run.rows)
+    assert total == 1 + sum(
+        2 * (r["extra_info"]["task"] == "counting" and orjson.loads(r["reward_model"]["ground_truth"])["count"] > 1)
+        for r in run.rows
+    )
     _, _, unparsable = _section(run.html, "unparsable")
     assert all(outputs[_line(w)[0]][_line(w)[1]] in (UNPARSABLE_GROUNDING, UNPARSABLE_COUNTING) for w, _ in unparsable)
     _, total, unmatched = _section(run.html, "unmatched")
@@ -211,7 +245,7 @@ def test_sections_hold_the_right_rollouts(run):
 
 
 def test_images_are_embedded_with_both_drawings(run):
-    tags = re.findall(r'data:image/jpeg;base64,([A-Za-z0-9+/=]+)', run.html)
+    tags = re.findall(r"data:image/jpeg;base64,([A-Za-z0-9+/=]+)", run.html)
     cases = re.findall(r'<div class="case" data-where="[^"]+">(.*?)(?=<div class="case"|</section>)', run.html, re.S)
     drawn = [c for c in cases if "image missing" not in c and "unmatched:" not in c]
     assert len(tags) == len(drawn) > 0
@@ -232,7 +266,16 @@ def _summary(html):
 
 def test_summary_per_step(run):
     head, *rows = _summary(run.html)
-    assert head[:8] == ["step", "rollouts", "matched", "mean score", "% unparsable", "% box spam", "% repeated", "% empty"]
+    assert head[:8] == [
+        "step",
+        "rollouts",
+        "matched",
+        "mean score",
+        "% unparsable",
+        "% box spam",
+        "% repeated",
+        "% empty",
+    ]
     assert {"iou", "format", "count", "location"} <= set(head)
     assert [r[0] for r in rows] == ["1", "2"]
     step1 = dict(zip(head, rows[0], strict=True))
@@ -259,8 +302,24 @@ def test_legacy_dump_components_are_read_not_recomputed(run, tmp_path):
 
 def test_cli_steps_last_and_errors(run, tmp_path, capsys):
     out = tmp_path / "r.html"
-    assert main(["rollouts", str(run.dump), "--data", str(run.ref), str(run.count), "--out", str(out),
-                 "--steps", "2,9", "--top-k", "1"]) == 0
+    assert (
+        main(
+            [
+                "rollouts",
+                str(run.dump),
+                "--data",
+                str(run.ref),
+                str(run.count),
+                "--out",
+                str(out),
+                "--steps",
+                "2,9",
+                "--top-k",
+                "1",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "no dump for steps [9]" in captured.err and "1 bad lines" in captured.err
     assert "rollouts of steps [2]" in captured.out and _summary(out.read_text())[1][0] == "2"
@@ -292,17 +351,36 @@ def v1(run, tmp_path_factory):
             key = f"prompt{i}_{j}_0"
             infos[key] = _score(row, output, **SETTINGS)
             if key == TIMED_OUT:  # what the manager reports for a reward over its time limit
-                infos[key] = dict.fromkeys(infos[key]) | dict.fromkeys(COUNTERS, 0.0) | {"score": 0.0, "reward_timeout": 1.0}
-            samples.append(agent_loop_sample(key, ids, run.tokenizer.encode(output) + [eos], row["data_source"],
-                                             row["reward_model"]["ground_truth"], row["extra_info"], infos[key]))
+                infos[key] = (
+                    dict.fromkeys(infos[key]) | dict.fromkeys(COUNTERS, 0.0) | {"score": 0.0, "reward_timeout": 1.0}
+                )
+            samples.append(
+                agent_loop_sample(
+                    key,
+                    ids,
+                    run.tokenizer.encode(output) + [eos],
+                    row["data_source"],
+                    row["reward_model"]["ground_truth"],
+                    row["extra_info"],
+                    infos[key],
+                )
+            )
             keys.append(key)
     row = run.rows[1]
     stray = orjson.loads(row["reward_model"]["ground_truth"]) | {"bbox_2d": [1, 1, 2, 2]}
-    samples.append(agent_loop_sample("stray_0_0", samples[4]["prompts"].tolist(), [eos], row["data_source"],
-                                     orjson.dumps(stray).decode(), row["extra_info"], infos["prompt1_0_0"]))
+    samples.append(
+        agent_loop_sample(
+            "stray_0_0",
+            samples[4]["prompts"].tolist(),
+            [eos],
+            row["data_source"],
+            orjson.dumps(stray).decode(),
+            row["extra_info"],
+            infos["prompt1_0_0"],
+        )
+    )
     samples.append({**samples[0], "uid": "pad0", "responses": torch.tensor([eos]), "rm_scores": torch.zeros(1)})
-    lines = dump_v1_rollouts(run.tokenizer, samples, [*keys, "stray_0_0", "pad0_0_0"], folder, 5,
-                             padding={"pad0_0_0"})
+    lines = dump_v1_rollouts(run.tokenizer, samples, [*keys, "stray_0_0", "pad0_0_0"], folder, 5, padding={"pad0_0_0"})
     out = folder / "report.html"
     stats = rollout_report(folder, [run.ref, run.count], out, top_k=100)
     return SimpleNamespace(lines=lines, infos=infos, stats=stats, html=out.read_text(), n=len(keys))
@@ -317,7 +395,10 @@ def test_the_v1_dump_carries_the_managers_components(run, v1):
         assert {k: line[k] for k in keys} == {k: v1.infos[line["uid"]][k] for k in keys}
         i = int(line["uid"].split("_")[0].removeprefix("prompt"))
         assert (line["data_source"], line["index"], line["task"]) == (
-            run.rows[i]["data_source"], run.rows[i]["extra_info"]["index"], run.rows[i]["extra_info"]["task"])
+            run.rows[i]["data_source"],
+            run.rows[i]["extra_info"]["index"],
+            run.rows[i]["extra_info"]["task"],
+        )
 
 
 def test_a_v1_dump_with_columns_is_matched_by_index_and_not_recomputed(run, v1):
@@ -341,6 +422,8 @@ def test_a_v1_dump_with_columns_is_matched_by_index_and_not_recomputed(run, v1):
     assert shifted > 0  # some shown scores are the override's, which recomputation would have lost
     assert "1 padding samples verl added to fill the batch" in v1.html
     assert s["reward_timeout"] == 1 and s["reward_error"] == 0
-    [timed_out] = [body for where, body in _section(v1.html, "worst-grounding")[2] if by_line[where]["uid"] == TIMED_OUT]
+    [timed_out] = [
+        body for where, body in _section(v1.html, "worst-grounding")[2] if by_line[where]["uid"] == TIMED_OUT
+    ]
     assert "scored 0 in training: reward_timeout" in timed_out and "no components" in timed_out
     assert "1 rollouts whose dumped data_source and index name no row" in v1.html

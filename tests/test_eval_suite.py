@@ -26,17 +26,28 @@ from perception_r1_verl.eval.score import format_value
 from perception_r1_verl.eval.suite import SuiteError, run_suite
 
 REFER = (("refcoco", "refs(unc).p", ("val", "testA", "testB")), ("refcoco+", "refs(unc).p", ("val", "testA", "testB")))
-SCORED = [("refcoco", s) for s in ("val", "testA", "testB")] + [("refcoco+", s) for s in ("val", "testA", "testB")] + [
-    ("pixmo_count", "val"), ("pixmo_count", "test"), ("page_ocr", "en"), ("coco", "val2017")]
+SCORED = (
+    [("refcoco", s) for s in ("val", "testA", "testB")]
+    + [("refcoco+", s) for s in ("val", "testA", "testB")]
+    + [("pixmo_count", "val"), ("pixmo_count", "test"), ("page_ocr", "en"), ("coco", "val2017")]
+)
 
 
 def _refs(coco: dict, splits) -> list[dict]:
     """refer-toolkit refs over the sample's shapes: one ref per object, splits in turn."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    return [{"ref_id": a["id"], "ann_id": a["id"], "image_id": a["image_id"], "category_id": a["category_id"],
-             "split": splits[n % len(splits)], "sent_ids": [a["id"]],
-             "sentences": [{"sent_id": a["id"], "sent": f"the {names[a['category_id']]}", "raw": "", "tokens": []}]}
-            for n, a in enumerate(coco["annotations"])]
+    return [
+        {
+            "ref_id": a["id"],
+            "ann_id": a["id"],
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "split": splits[n % len(splits)],
+            "sent_ids": [a["id"]],
+            "sentences": [{"sent_id": a["id"], "sent": f"the {names[a['category_id']]}", "raw": "", "tokens": []}],
+        }
+        for n, a in enumerate(coco["annotations"])
+    ]
 
 
 def build_dataset_root(root: Path, src: Path) -> Path:
@@ -95,9 +106,27 @@ def mtimes(out: Path) -> dict:
 def test_suite_table_resume_and_missing(setup, tmp_path, counted, capsys):
     model, root = setup
     out = tmp_path / "suite"
-    args = ["suite", "--model", str(model), "--dataset-root", str(root), "--out", str(out), "--limit", "2",
-            "--workers", "0", "--backend", "transformers", "--batch-size", "4", "--max-new-tokens", "4",
-            "--device", "cpu"]
+    args = [
+        "suite",
+        "--model",
+        str(model),
+        "--dataset-root",
+        str(root),
+        "--out",
+        str(out),
+        "--limit",
+        "2",
+        "--workers",
+        "0",
+        "--backend",
+        "transformers",
+        "--batch-size",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert counted["engines"] == 1 and len(counted["generate"]) == len(SCORED)  # one model load for every split
@@ -142,8 +171,15 @@ def test_suite_table_resume_and_missing(setup, tmp_path, counted, capsys):
     # A second run redoes nothing: no rows generated, no model loaded, no file rewritten.
     before = mtimes(out)
     counted["generate"].clear()
-    kwargs = {"limit": 2, "backend": "transformers", "batch_size": 4, "max_new_tokens": 4, "device": "cpu",
-              "progress": False, "log": lambda _: None}
+    kwargs = {
+        "limit": 2,
+        "backend": "transformers",
+        "batch_size": 4,
+        "max_new_tokens": 4,
+        "device": "cpu",
+        "progress": False,
+        "log": lambda _: None,
+    }
     again = run_suite(model, root, out, **kwargs)
     assert counted["engines"] == 1 and all(n == 0 for _, n in counted["generate"])
     assert mtimes(out) == before and again["rows"] == table["rows"]
@@ -153,16 +189,24 @@ def test_suite_table_resume_and_missing(setup, tmp_path, counted, capsys):
     lines = responses.read_text().splitlines(keepends=True)
     responses.write_text(lines[0] + lines[1][:10])
     run_suite(model, root, out, **kwargs)
-    assert counted["engines"] == 2 and sorted(n for _, n in counted["generate"][-len(SCORED):]) == [0] * 9 + [1]
+    assert counted["engines"] == 2 and sorted(n for _, n in counted["generate"][-len(SCORED) :]) == [0] * 9 + [1]
     changed = {k for k, t in mtimes(out).items() if before[k] != t}
-    assert changed == {"refcoco/testA/responses.jsonl", "refcoco/testA/metrics.json", "refcoco/testA/metrics.md",
-                       "refcoco/testA/samples.jsonl", "refcoco/testA/report.html"}
+    assert changed == {
+        "refcoco/testA/responses.jsonl",
+        "refcoco/testA/metrics.json",
+        "refcoco/testA/metrics.md",
+        "refcoco/testA/samples.jsonl",
+        "refcoco/testA/report.html",
+    }
 
     # Other preparation options on the same --out: each split says so, nothing is overwritten.
     other = run_suite(model, root, out, **{**kwargs, "limit": 3})
     assert other["counts"] == {"failed": 10, "missing": 2, "absent": 1}
-    assert all("prepared with other options (prepared, asked): {'limit': (2, 3)}" in s["detail"]
-               for s in other["splits"] if s["status"] == "failed")
+    assert all(
+        "prepared with other options (prepared, asked): {'limit': (2, 3)}" in s["detail"]
+        for s in other["splits"]
+        if s["status"] == "failed"
+    )
     assert cli.main([*args, "--limit", "3"]) == 1  # a failed split: exit status 1
 
 
@@ -172,8 +216,12 @@ def test_named_missing_benchmark_is_an_error(setup, tmp_path, counted, capsys):
     with pytest.raises(SuiteError, match=r"refcocog/val: not found: .*refcocog/refs\(umd\)\.p"):
         run_suite(model, root, out, benchmarks="refcocog,coco", log=lambda _: None)
     assert not out.exists() and not counted["generate"]  # checked before anything runs
-    assert cli.main(["suite", "--model", str(model), "--dataset-root", str(root), "--out", str(out),
-                     "--benchmarks", "refcocog"]) == 2
+    assert (
+        cli.main(
+            ["suite", "--model", str(model), "--dataset-root", str(root), "--out", str(out), "--benchmarks", "refcocog"]
+        )
+        == 2
+    )
     assert "named benchmarks are not in DATASET_ROOT" in capsys.readouterr().err
     with pytest.raises(SuiteError, match="unknown benchmarks \\['refcoco_plus'\\]"):
         run_suite(model, root, out, benchmarks="refcoco_plus")
@@ -189,7 +237,10 @@ def test_split_without_rows_is_reported_empty(setup, tmp_path, counted):
     table = run_suite(model, empty, tmp_path / "out", benchmarks="refcoco", progress=False, log=lambda _: None)
     assert table["counts"] == {"empty": 3} and not counted["generate"]
     assert [(r["split"], r["status"], r["n"], r["value"]) for r in table["rows"]] == [
-        ("val", "empty", 0, None), ("testA", "empty", 0, None), ("testB", "empty", 0, None)]
+        ("val", "empty", 0, None),
+        ("testA", "empty", 0, None),
+        ("testB", "empty", 0, None),
+    ]
     assert "- refcoco/val: empty: no row converted; see " in (tmp_path / "out" / "suite.md").read_text()
     with pytest.raises(SuiteError, match="limit must be positive"):
         run_suite(model, empty, tmp_path / "out", limit=0)

@@ -128,7 +128,10 @@ def test_pip_dry_run_of_the_gpu_extra_resolves_verls_pins(tmp_path):
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    versions = {item["metadata"]["name"].lower(): item["metadata"]["version"] for item in json.loads(report.read_text())["install"]}
+    versions = {
+        item["metadata"]["name"].lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
     assert (versions["torch"], versions["vllm"], versions["transformers"]) == ("2.11.0", "0.24.0", "5.9.0")
     assert versions["verl"] == "0.9.1" and "flash-attn" not in versions
 
@@ -158,10 +161,14 @@ def test_without_flash_attn_the_launch_uses_sdpa_and_passes_validate_config(curr
 def test_without_gpus_the_printed_command_is_for_a_machine_with_flash_attn(tmp_path):
     # No GPU here: the command is to be run where scripts/env.sh installed flash-attn.
     settings = Settings.from_env(TASKS["refcoco"], env={"DATA_DIR": str(tmp_path)}, gpus=0)
-    assert settings.flash_attn and not set(recipe.NO_FLASH_ATTN_OVERRIDES) & set(build_overrides(TASKS["refcoco"], settings))
+    assert settings.flash_attn and not set(recipe.NO_FLASH_ATTN_OVERRIDES) & set(
+        build_overrides(TASKS["refcoco"], settings)
+    )
 
 
-def test_a_gpu_machine_without_flash_attn_says_so_once_and_launches_with_sdpa(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
+def test_a_gpu_machine_without_flash_attn_says_so_once_and_launches_with_sdpa(
+    tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir
+):
     env = {"DATA_DIR": str(tmp_path), "MODEL_PATH": str(qwen2_5_vl_processor_dir), "MODEL_FAMILY": "qwen2_vl",
            "TRAIN_LIMIT": "8", "VAL_LIMIT": "2", "DRY_RUN": "1", "N_GPUS_PER_NODE": "8"}  # fmt: skip
     for name, value in env.items():

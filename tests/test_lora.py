@@ -88,7 +88,9 @@ def test_verls_lora_builder_adapts_the_language_model_only(family, tmp_path):
     engine = SimpleNamespace(model_config=SimpleNamespace(**{**defaults, **section}))
     model = FSDPEngine._build_lora_module(engine, _tiny_qwen_vl(family))
 
-    adapted = {name.removesuffix(".lora_A.default") for name, _ in model.named_modules() if name.endswith("lora_A.default")}
+    adapted = {
+        name.removesuffix(".lora_A.default") for name, _ in model.named_modules() if name.endswith("lora_A.default")
+    }
     assert adapted, "no adapter was added"
     assert not [name for name in adapted if "visual" in name]
     assert {name.rsplit(".", 1)[-1] for name in adapted} == LLM_LINEARS  # every LLM linear layer, no lm_head

@@ -107,7 +107,9 @@ def test_the_default_mix_is_the_papers_subsets_with_10k_coco():
     assert settings.model_family == "qwen2_5_vl" and dict(settings.mix) == DEFAULT_MIX
     parts = {task.name: part for task, part in settings.components()}
     assert {name: part.train_limit for name, part in parts.items()} == DEFAULT_MIX
-    assert all(part.model_family == "qwen2_5_vl" and part.data_dir.parent == settings.data_dir for part in parts.values())
+    assert all(
+        part.model_family == "qwen2_5_vl" and part.data_dir.parent == settings.data_dir for part in parts.values()
+    )
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -123,7 +125,9 @@ def test_bad_mix_settings_stop_with_a_message(env, message):
 
 
 def test_a_dataset_root_holds_one_release_per_task(tmp_path):
-    settings = Settings.from_env(MIX, env={"DATA_DIR": str(tmp_path / "d"), "DATASET_ROOT": str(tmp_path / "r")}, gpus=0)
+    settings = Settings.from_env(
+        MIX, env={"DATA_DIR": str(tmp_path / "d"), "DATASET_ROOT": str(tmp_path / "r")}, gpus=0
+    )
     task, part = settings.components()[-1]
     command = recipe.prep_command(task, part, "train")
     flags = dict(zip(command[2::2], command[3::2], strict=False))

@@ -75,7 +75,11 @@ def test_truncated_json_keeps_complete_objects():
     assert a.truncated and a.boxes.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]] and a.n_items == 3 and a.n_invalid == 1
     # Cut after the third box, inside its label: the box is complete, its label is not.
     a = parse_answer(full[: full.index('"c"') - 3])
-    assert a.truncated and a.boxes.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]] and a.labels == ["a", "b", None]
+    assert (
+        a.truncated
+        and a.boxes.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]
+        and a.labels == ["a", "b", None]
+    )
 
 
 def test_malformed_items_are_counted_not_fatal():
@@ -93,7 +97,9 @@ def test_spam_is_capped_and_counted():
     assert a.n_items == MAX_ITEMS + 50 and a.n_invalid == 50
 
 
-@pytest.mark.parametrize("text", ["", "   ", "<", "<|box_start|", "I cannot see anything.", "null", "42", '"str"', None, 17])
+@pytest.mark.parametrize(
+    "text", ["", "   ", "<", "<|box_start|", "I cannot see anything.", "null", "42", '"str"', None, 17]
+)
 def test_no_answer(text):
     a = parse_answer(text)
     assert not a.parsed and a.n_items == 0 and len(a.boxes) == 0
@@ -107,7 +113,9 @@ def test_empty_list_is_an_answer():
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("think", [False, True])
 def test_render_parse_round_trip(family, think):
-    gt = {"objects": [{"bbox_2d": [1, 2, 30, 40], "label": "traffic light"}, {"bbox_2d": [5.5, 6, 7, 8], "label": "cat"}]}
+    gt = {
+        "objects": [{"bbox_2d": [1, 2, 30, 40], "label": "traffic light"}, {"bbox_2d": [5.5, 6, 7, 8], "label": "cat"}]
+    }
     a = parse_answer(render_answer("detection", gt, family, think), think)
     assert a.tags_ok and not a.truncated and a.n_invalid == 0
     assert a.style == ("box_tokens" if family == "qwen2_vl" else "json")
@@ -120,9 +128,30 @@ def test_render_parse_round_trip(family, think):
 A, B = '{"bbox_2d": [1, 2, 3, 4], "label": "a"}', '{"bbox_2d": [5, 6, 7, 8], "label": "b"}'
 AB = ([[1, 2, 3, 4], [5, 6, 7, 8]], ["a", "b"])
 SYNTHETIC = {
-    "trailing-commas": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a",}, {"bbox_2d": [5, 6, 7, 8,], "label": "b",},]', *AB, 2, 0, False, True),
-    "nested-values": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a", "names": {"en": "a", "zh": "甲"}}, ' + B + "]", *AB, 2, 0, False, False),
-    "nested-values-broken": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a", "names": {"en": "a",}}, ' + B + "]", *AB, 2, 0, False, True),
+    "trailing-commas": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a",}, {"bbox_2d": [5, 6, 7, 8,], "label": "b",},]',
+        *AB,
+        2,
+        0,
+        False,
+        True,
+    ),
+    "nested-values": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a", "names": {"en": "a", "zh": "甲"}}, ' + B + "]",
+        *AB,
+        2,
+        0,
+        False,
+        False,
+    ),
+    "nested-values-broken": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a", "names": {"en": "a",}}, ' + B + "]",
+        *AB,
+        2,
+        0,
+        False,
+        True,
+    ),
     "stray-brace": (f"[{A}, {{\n{B}]", *AB, 2, 0, False, True),
     "junk-brace-item": (f"[{A}, {{x, {B}]", *AB, 3, 1, False, True),
     "missing-close-brace": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a", ' + B + "]", *AB, 2, 0, False, True),
@@ -132,21 +161,88 @@ SYNTHETIC = {
     "prose-braces-then-object": (f"Template {{label}}: {A}", [[1, 2, 3, 4]], ["a"], 1, 0, False, True),
     "bare-then-im-end": (f"[{A}, {B}]<|im_end|>", *AB, 2, 0, False, False),
     "bare-then-end-tokens": (f"[{A}, {B}]\n<|im_end|>\n<|endoftext|>", *AB, 2, 0, False, False),
-    "python-quotes": ("[{'bbox_2d': [1, 2, 3, 4], 'label': 'a'}, {'bbox_2d': [5, 6, 7, 8], 'label': \"b's\"}]",
-                      [[1, 2, 3, 4], [5, 6, 7, 8]], ["a", "b's"], 2, 0, False, True),
-    "python-literals": ("{'bbox_2d': [1, 2, 3, 4], 'label': 'a', 'occluded': True, 'note': None}", [[1, 2, 3, 4]], ["a"], 1, 0, False, True),
+    "python-quotes": (
+        "[{'bbox_2d': [1, 2, 3, 4], 'label': 'a'}, {'bbox_2d': [5, 6, 7, 8], 'label': \"b's\"}]",
+        [[1, 2, 3, 4], [5, 6, 7, 8]],
+        ["a", "b's"],
+        2,
+        0,
+        False,
+        True,
+    ),
+    "python-literals": (
+        "{'bbox_2d': [1, 2, 3, 4], 'label': 'a', 'occluded': True, 'note': None}",
+        [[1, 2, 3, 4]],
+        ["a"],
+        1,
+        0,
+        False,
+        True,
+    ),
     "several-fences": (f"```json\n[{A}]\n```\nand\n```json\n[{B}]\n```", *AB, 2, 0, False, False),
-    "fence-mark-in-label": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a```"}]', [[1, 2, 3, 4]], ["a```"], 1, 0, False, False),
+    "fence-mark-in-label": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a```"}]',
+        [[1, 2, 3, 4]],
+        ["a```"],
+        1,
+        0,
+        False,
+        False,
+    ),
     "several-fences-last-cut": (f"```json\n[{A}]\n```\n```json\n[{B}", *AB, 2, 0, True, True),
-    "string-coordinates": ('[{"bbox_2d": ["1", "2", "3", "4"], "label": "a"}, {"bbox_2d": ["5, 6, 7, 8"], "label": "b"}]', *AB, 2, 0, False, True),
-    "escaped-lone-surrogate": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a\\ud800"}]', [[1, 2, 3, 4]], ["a\ufffd"], 1, 0, False, False),
-    "raw-lone-surrogate": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a\ud800"}]', [[1, 2, 3, 4]], ["a\ufffd"], 1, 0, False, False),
-    "surrogate-repaired": ("[{'bbox_2d': [1, 2, 3, 4], 'label': 'a\ud800'}]", [[1, 2, 3, 4]], ["a\ufffd"], 1, 0, False, True),
-    "cut-inside-nested": ('[{"bbox_2d": [1, 2, 3, 4], "label": "a", "n": {"en": "a"}}, {"bbox_2d": [5, 6, 7, 8], "label": "b", "n": {"en": "b',
-                          *AB, 2, 0, True, True),
+    "string-coordinates": (
+        '[{"bbox_2d": ["1", "2", "3", "4"], "label": "a"}, {"bbox_2d": ["5, 6, 7, 8"], "label": "b"}]',
+        *AB,
+        2,
+        0,
+        False,
+        True,
+    ),
+    "escaped-lone-surrogate": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a\\ud800"}]',
+        [[1, 2, 3, 4]],
+        ["a\ufffd"],
+        1,
+        0,
+        False,
+        False,
+    ),
+    "raw-lone-surrogate": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a\ud800"}]',
+        [[1, 2, 3, 4]],
+        ["a\ufffd"],
+        1,
+        0,
+        False,
+        False,
+    ),
+    "surrogate-repaired": (
+        "[{'bbox_2d': [1, 2, 3, 4], 'label': 'a\ud800'}]",
+        [[1, 2, 3, 4]],
+        ["a\ufffd"],
+        1,
+        0,
+        False,
+        True,
+    ),
+    "cut-inside-nested": (
+        '[{"bbox_2d": [1, 2, 3, 4], "label": "a", "n": {"en": "a"}}, {"bbox_2d": [5, 6, 7, 8], "label": "b", "n": {"en": "b',
+        *AB,
+        2,
+        0,
+        True,
+        True,
+    ),
     "cut-inside-box": (f'[{A}, {{"bbox_2d": [5, 6', [[1, 2, 3, 4]], ["a"], 2, 1, True, True),
-    "ref-box-tags": ("<ref>two apples</ref><box>(1,2),(3,4)</box><box>(5,6),(7,8)</box> and <ref>a bowl</ref><box>(0,0),(9,9)</box>",
-                     [[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 9, 9]], ["two apples", "two apples", "a bowl"], 3, 0, False, False),
+    "ref-box-tags": (
+        "<ref>two apples</ref><box>(1,2),(3,4)</box><box>(5,6),(7,8)</box> and <ref>a bowl</ref><box>(0,0),(9,9)</box>",
+        [[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 9, 9]],
+        ["two apples", "two apples", "a bowl"],
+        3,
+        0,
+        False,
+        False,
+    ),
 }
 
 
@@ -167,7 +263,9 @@ def test_format_pays_only_strict_complete_answers(name):
 
 
 def test_points_in_box_tokens():
-    a = parse_answer("<|object_ref_start|>coin<|object_ref_end|><|box_start|>(10,20)<|box_end|><|box_start|>(30, 40)<|box_end|>")
+    a = parse_answer(
+        "<|object_ref_start|>coin<|object_ref_end|><|box_start|>(10,20)<|box_end|><|box_start|>(30, 40)<|box_end|>"
+    )
     assert a.style == "box_tokens" and a.points.tolist() == [[10, 20], [30, 40]] and len(a.boxes) == 0
     assert a.n_items == 2 and a.n_invalid == 0 and format_score(a, "box_tokens") == 1.0
 
@@ -181,8 +279,15 @@ def test_end_tokens_cost_nothing_fenced_or_bare():
 
 
 def test_adversarial_braces_never_raise():
-    for text in ["{" * 20000, "{}" * 10000, '{"' * 10000, "[" + "{, " * 5000 + "]", "{'a': " * 3000,
-                 "[{'bbox_2d': [1, 2, 3, " + "9" * 5000 + "]}]", "[" + "{" * 2000 + "}" * 2000 + "]"]:
+    for text in [
+        "{" * 20000,
+        "{}" * 10000,
+        '{"' * 10000,
+        "[" + "{, " * 5000 + "]",
+        "{'a': " * 3000,
+        "[{'bbox_2d': [1, 2, 3, " + "9" * 5000 + "]}]",
+        "[" + "{" * 2000 + "}" * 2000 + "]",
+    ]:
         a = parse_answer(text)
         assert a.style == "json" and len(a.boxes) == 0 and a.n_invalid == a.n_items
 
@@ -198,7 +303,9 @@ _WELL_FORMED = st.fixed_dictionaries(
 _ILL_FORMED = st.one_of(
     _WELL_FORMED,
     st.fixed_dictionaries({"bbox_2d": st.lists(_COORD, max_size=6)}, optional={"label": st.none()}),
-    st.fixed_dictionaries({"bbox_2d": st.lists(st.one_of(_COORD, st.text(max_size=3), st.booleans(), st.none()), min_size=4, max_size=4)}),
+    st.fixed_dictionaries(
+        {"bbox_2d": st.lists(st.one_of(_COORD, st.text(max_size=3), st.booleans(), st.none()), min_size=4, max_size=4)}
+    ),
     st.fixed_dictionaries({"point_2d": st.lists(_COORD, min_size=2, max_size=2)}),
     st.lists(_COORD, min_size=4, max_size=4),
     st.text(max_size=4),
@@ -238,9 +345,40 @@ def test_fast_path_is_the_general_path_or_declines(data):
     _same(parse_answer(body), _general(orjson.loads(body)))
 
 
-_FRAGMENTS = st.sampled_from(['{', '}', '[', ']', '"', "'", ',', ':', ' ', '\n', '\\', '1', '2.5', '-3', '"bbox_2d"', "'bbox_2d'",
-                              '"point_2d"', '"label"', '"cat"', 'True', 'null', '```json\n', '```', '<|im_end|>', '\ud800', 'é',
-                              '<|box_start|>(1,2),(3,4)<|box_end|>', '<ref>x</ref>', '<box>(1,2)</box>', '[1, 2, 3, 4]'])
+_FRAGMENTS = st.sampled_from(
+    [
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        "'",
+        ",",
+        ":",
+        " ",
+        "\n",
+        "\\",
+        "1",
+        "2.5",
+        "-3",
+        '"bbox_2d"',
+        "'bbox_2d'",
+        '"point_2d"',
+        '"label"',
+        '"cat"',
+        "True",
+        "null",
+        "```json\n",
+        "```",
+        "<|im_end|>",
+        "\ud800",
+        "é",
+        "<|box_start|>(1,2),(3,4)<|box_end|>",
+        "<ref>x</ref>",
+        "<box>(1,2)</box>",
+        "[1, 2, 3, 4]",
+    ]
+)
 
 
 @settings(max_examples=500, deadline=None)

@@ -93,7 +93,9 @@ def test_every_recipe_composes_with_verl_and_passes_validate_config(task, curric
 
 def test_extra_arguments_reach_hydra_after_the_recipe_and_win(tmp_path):
     settings = settings_for("coco_det", tmp_path, tmp_path / "model")
-    config = compose(build_overrides(TASKS["coco_det"], settings) + ["trainer.total_epochs=2", "data.train_batch_size=64"])
+    config = compose(
+        build_overrides(TASKS["coco_det"], settings) + ["trainer.total_epochs=2", "data.train_batch_size=64"]
+    )
     validate(config)
     assert config.trainer.total_epochs == 2
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 64  # follows the batch
@@ -169,7 +171,7 @@ def test_there_is_one_script_per_task():
 
 def test_an_environment_with_verl_is_used_as_is():
     """``PYTHON`` pointing at an interpreter with verl: no venv is created, it is chosen."""
-    script = 'TASK=coco_det; source recipes/common.sh; find_python'
+    script = "TASK=coco_det; source recipes/common.sh; find_python"
     env = {**os.environ, "PYTHON": sys.executable, "PR1_VENV": "/nonexistent/venv"}
     out = subprocess.run(["bash", "-c", script], cwd=recipe.REPO_ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -339,7 +341,9 @@ def test_curriculum_reaches_the_agent_loop_through_verls_dataloader(detection):
     from verl.utils.dataset.rl_dataset import collate_fn
 
     config, train, _ = detection
-    loader = StatefulDataLoader(train, batch_size=4, sampler=create_rl_sampler(config.data, train), collate_fn=collate_fn)
+    loader = StatefulDataLoader(
+        train, batch_size=4, sampler=create_rl_sampler(config.data, train), collate_fn=collate_fn
+    )
     first = next(iter(loader))
     assert first["__rollout_n__"].tolist() == [train[i]["__rollout_n__"] for i in range(4)]
 

@@ -17,12 +17,14 @@ from perception_r1_verl.rewards import compute_score, max_score
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 # PR1_HYPOTHESIS_EXAMPLES=5000 for a longer hunt than CI's.
 SETTINGS = settings(
-    max_examples=int(os.environ.get("PR1_HYPOTHESIS_EXAMPLES", 150)), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=int(os.environ.get("PR1_HYPOTHESIS_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 FAMILIES = st.sampled_from(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", None])
 LABELS = st.sampled_from(["cat", "dog", "traffic light", "Cat", "", "unknown thing"])
 NUMBERS = st.one_of(
-    st.integers(-10**6, 10**6),
+    st.integers(-(10**6), 10**6),
     st.floats(allow_nan=False, allow_infinity=False, width=32),
     st.sampled_from([0, 1e308, -1e308, 1e-300, 2**70]),
 )
@@ -40,7 +42,9 @@ def boxes(draw):
 def json_like(draw):
     """Completions that look like model answers, malformed in every way the parser must survive."""
     item = st.one_of(
-        st.fixed_dictionaries({"bbox_2d": st.lists(NUMBERS, max_size=5), "label": st.one_of(LABELS, st.integers(), st.none())}),
+        st.fixed_dictionaries(
+            {"bbox_2d": st.lists(NUMBERS, max_size=5), "label": st.one_of(LABELS, st.integers(), st.none())}
+        ),
         st.fixed_dictionaries({"point_2d": st.lists(NUMBERS, max_size=3)}),
         st.lists(NUMBERS, max_size=5),
         st.text(max_size=5),
@@ -56,15 +60,24 @@ def json_like(draw):
 COMPLETIONS = st.one_of(
     st.text(max_size=200),
     json_like(),
-    st.builds(lambda b: "<|box_start|>({},{}),({},{})<|box_end|>".format(*b), st.lists(NUMBERS, min_size=4, max_size=4)),
+    st.builds(
+        lambda b: "<|box_start|>({},{}),({},{})<|box_end|>".format(*b), st.lists(NUMBERS, min_size=4, max_size=4)
+    ),
 )
 
 GROUND_TRUTHS = {
     "grounding": st.builds(lambda b: {"bbox_2d": b, "frame": [100, 100]}, boxes()),
-    "counting": st.builds(lambda ps: {"count": len(ps), "points": ps, "frame": [100, 100]}, st.lists(st.lists(COORD, min_size=2, max_size=2), max_size=8)),
+    "counting": st.builds(
+        lambda ps: {"count": len(ps), "points": ps, "frame": [100, 100]},
+        st.lists(st.lists(COORD, min_size=2, max_size=2), max_size=8),
+    ),
     "ocr": st.builds(lambda t: {"text": t}, st.text(max_size=60)),
     "detection": st.builds(
-        lambda objs: {"objects": [{"bbox_2d": b, "label": lab} for b, lab in objs], "frame": [100, 100], "categories": ["cat", "dog", "traffic light"]},
+        lambda objs: {
+            "objects": [{"bbox_2d": b, "label": lab} for b, lab in objs],
+            "frame": [100, 100],
+            "categories": ["cat", "dog", "traffic light"],
+        },
         st.lists(st.tuples(boxes(), st.sampled_from(["cat", "dog", "traffic light"])), max_size=8),
     ),
 }
@@ -145,4 +158,6 @@ def test_counting_order_invariant(gt, rnd):
     shuffled = points[:]
     rnd.shuffle(shuffled)
     text = lambda ps: json.dumps([{"point_2d": p} for p in ps])  # noqa: E731
-    assert math.isclose(_score("counting", text(points), gt)["score"], _score("counting", text(shuffled), gt)["score"], abs_tol=1e-12)
+    assert math.isclose(
+        _score("counting", text(points), gt)["score"], _score("counting", text(shuffled), gt)["score"], abs_tol=1e-12
+    )

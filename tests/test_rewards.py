@@ -119,7 +119,9 @@ def test_counting_values():
     assert r["score"] == 2.0
     # The paper's normalisation in the 0-1000 frame: 1000 * sqrt(2).
     gt = {"count": 1, "points": [[0, 0]], "frame": [1000, 1000]}
-    assert score("counting", '[{"point_2d": [300, 400]}]', gt)["location"] == pytest.approx(1 - 500 / (1000 * math.sqrt(2)))
+    assert score("counting", '[{"point_2d": [300, 400]}]', gt)["location"] == pytest.approx(
+        1 - 500 / (1000 * math.sqrt(2))
+    )
 
 
 def test_counting_zero_objects_is_a_real_answer():
@@ -163,7 +165,11 @@ def test_ocr_think_tags():
 # ---------------------------------------------------------------- detection
 
 CAT, DOG = [0, 0, 10, 10], [20, 20, 40, 40]
-DET_GT = {"objects": [{"bbox_2d": CAT, "label": "cat"}, {"bbox_2d": DOG, "label": "dog"}], "frame": [100, 100], "categories": ["cat", "dog", "bird"]}
+DET_GT = {
+    "objects": [{"bbox_2d": CAT, "label": "cat"}, {"bbox_2d": DOG, "label": "dog"}],
+    "frame": [100, 100],
+    "categories": ["cat", "dog", "bird"],
+}
 
 
 def test_detection_exact_and_partial():
@@ -189,12 +195,20 @@ def test_detection_weights_are_configurable():
     text = items((CAT, "cat"))
     r = compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, missing_weight=0.0, f1_weight=0.0)
     assert r["score"] == pytest.approx(0.25 + 1 + 1)
-    r2 = compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, detection={"missing_weight": 0.0, "f1_weight": 0.0})
+    r2 = compute_score(
+        "coco", text, json.dumps(DET_GT), {"task": "detection"}, detection={"missing_weight": 0.0, "f1_weight": 0.0}
+    )
     assert r2 == r
     # As verl passes them: an OmegaConf mapping from reward.custom_reward_function.reward_kwargs.
     from omegaconf import OmegaConf
 
-    r3 = compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, **OmegaConf.create({"detection": {"missing_weight": 0.0, "f1_weight": 0.0}}))
+    r3 = compute_score(
+        "coco",
+        text,
+        json.dumps(DET_GT),
+        {"task": "detection"},
+        **OmegaConf.create({"detection": {"missing_weight": 0.0, "f1_weight": 0.0}}),
+    )
     assert r3 == r
     with pytest.raises(TypeError):
         compute_score("coco", text, json.dumps(DET_GT), {"task": "detection"}, f1_wieght=0.0)
@@ -283,7 +297,9 @@ def test_reward_objects_are_usable_alone():
     assert reward("[0, 0, 10, 5]", truth)["score"] == 1.25
 
 
-@pytest.mark.parametrize("task, gt", [("grounding", GT_BOX), ("counting", COUNT_GT), ("ocr", {"text": "x"}), ("detection", DET_GT)])
+@pytest.mark.parametrize(
+    "task, gt", [("grounding", GT_BOX), ("counting", COUNT_GT), ("ocr", {"text": "x"}), ("detection", DET_GT)]
+)
 def test_declared_components_are_what_the_reward_returns(task, gt):
     # The reward manager logs a fixed key set built from these declarations.
     from perception_r1_verl.rewards import REWARDS, component_keys
@@ -297,11 +313,32 @@ def test_declared_components_are_what_the_reward_returns(task, gt):
 # ---------------------------------------------------------------- one label rule, reward and evaluation
 
 _CORPUS = Path(__file__).parent / "data" / "real_outputs" / "cases.jsonl"
-_CORPUS_LABELS = sorted({label for line in _CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()
-                         for label in json.loads(line)["reading"]["labels"] if label is not None})
+_CORPUS_LABELS = sorted(
+    {
+        label
+        for line in _CORPUS.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+        for label in json.loads(line)["reading"]["labels"]
+        if label is not None
+    }
+)
 # Synthetic variants of a category name: the ones the rule forgives and the ones it does not.
-_VARIANTS = ["traffic light", " Traffic  light", "TRAFFIC\tLIGHT", "traffic_light", "traffic lights", "ＴＲＡＦＦＩＣ light",
-             "Straße", "STRASSE", "cat", "Cat\n", "cats", "", "猫", " 猫 "]
+_VARIANTS = [
+    "traffic light",
+    " Traffic  light",
+    "TRAFFIC\tLIGHT",
+    "traffic_light",
+    "traffic lights",
+    "ＴＲＡＦＦＩＣ light",
+    "Straße",
+    "STRASSE",
+    "cat",
+    "Cat\n",
+    "cats",
+    "",
+    "猫",
+    " 猫 ",
+]
 
 
 def _eval_category(label, category: str):
@@ -311,7 +348,14 @@ def _eval_category(label, category: str):
     from perception_r1_verl.parsing import parse_answer
 
     truth = {"objects": [{"bbox_2d": CAT, "label": category}], "frame": [100, 100], "categories": [category]}
-    sample = Sample(0, "0", "detection", "coco", truth, {"image_size": [100, 100], "model_family": "qwen2_5_vl", "input_size": [100, 100]})
+    sample = Sample(
+        0,
+        "0",
+        "detection",
+        "coco",
+        truth,
+        {"image_size": [100, 100], "model_family": "qwen2_5_vl", "input_size": [100, 100]},
+    )
     gt = from_split([sample])
     dets, _ = detections_of(sample, parse_answer(items((CAT, label))), gt)
     return dets[0]["category_id"] if dets else None

@@ -21,8 +21,9 @@ TEXT = dict(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_atten
             vocab_size=256, bos_token_id=0, eos_token_id=1, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]})  # fmt: skip
 VISION = {
     "qwen2_vl": dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
-    "qwen2_5_vl": dict(depth=2, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=64,
-                       fullatt_block_indexes=[1]),  # fmt: skip  (one windowed block, one full)
+    "qwen2_5_vl": dict(
+        depth=2, hidden_size=32, intermediate_size=32, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1]
+    ),  # fmt: skip  (one windowed block, one full)
 }
 
 

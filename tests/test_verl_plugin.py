@@ -96,8 +96,10 @@ def test_import_verl_registers_perception_through_the_entry_point():
 
 def test_importing_the_manager_before_verl_logs_no_error():
     # The manager imports verl, which imports the plugin while the manager is half-done.
-    result = run_python("import perception_r1_verl.reward_manager, verl\nfrom perception_r1_verl import verl_plugin\n"
-                        "verl_plugin.check_registered()")
+    result = run_python(
+        "import perception_r1_verl.reward_manager, verl\nfrom perception_r1_verl import verl_plugin\n"
+        "verl_plugin.check_registered()"
+    )
     assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
 
 
@@ -259,9 +261,8 @@ def test_the_time_limit_must_be_positive(tokenizer):
 
 def verl_config():
     """verl's own trainer config with the overrides a user gives to select this manager."""
-    from hydra import compose, initialize_config_dir
-
     import verl
+    from hydra import compose, initialize_config_dir
 
     config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
     with initialize_config_dir(config_dir=config_dir, version_base=None):
@@ -445,8 +446,15 @@ def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokeniz
     infos = [result["reward_extra_info"] for result in score_rows(make_manager(tokenizer), tokenizer, rows)]
     keys = [f"uid{i}_0_0" for i in range(len(rows))]
     samples = [
-        agent_loop_sample(key, [1], tokenizer.encode(row["response"]), row["data_source"], row["ground_truth"],
-                          row["extra_info"], info)
+        agent_loop_sample(
+            key,
+            [1],
+            tokenizer.encode(row["response"]),
+            row["data_source"],
+            row["ground_truth"],
+            row["extra_info"],
+            info,
+        )
         for key, row, info in zip(keys, rows, infos)
     ]
     # The last sample is the padding copy upsample_batch_to_divisible_size adds: left out.
@@ -476,12 +484,24 @@ def rollout_batch(tokenizer, rows, infos):
     # batch order (session 10 before 2) is not the dump's.
     keys = [f"p{i // 2}_{(10, 2)[i % 2]}_0" for i in range(len(rows))]
     samples = [
-        agent_loop_sample(key, tokenizer.encode(f"Question {key}"), tokenizer.encode(row["response"]),
-                          row["data_source"], row["ground_truth"], row["extra_info"], info)
+        agent_loop_sample(
+            key,
+            tokenizer.encode(f"Question {key}"),
+            tokenizer.encode(row["response"]),
+            row["data_source"],
+            row["ground_truth"],
+            row["extra_info"],
+            info,
+        )
         for key, row, info in zip(keys, rows, infos)
     ]
     # upsample_batch_to_divisible_size: a copy of a real sample, rm_scores zeroed, an eos response.
-    pad = {**samples[0], "uid": "pad0", "responses": torch.tensor([tokenizer.eos_token_id]), "rm_scores": torch.zeros(1)}
+    pad = {
+        **samples[0],
+        "uid": "pad0",
+        "responses": torch.tensor([tokenizer.eos_token_id]),
+        "rm_scores": torch.zeros(1),
+    }
     return [*samples, pad], [*keys, "pad0_0_0"]
 
 
@@ -510,7 +530,11 @@ def test_the_v1_rollout_dump_carries_the_managers_components_in_verls_order(toke
         assert {k: line[k] for k in info if k != "score"} == {k: v for k, v in info.items() if k != "score"}
         assert line["score"] == pytest.approx(info["score"])  # verl's own column, the summed rm_scores
         assert (line["data_source"], line["index"], line["task"], line["is_padding"]) == (
-            row["data_source"], row["extra_info"]["index"], row["extra_info"]["task"], False)
+            row["data_source"],
+            row["extra_info"]["index"],
+            row["extra_info"]["task"],
+            False,
+        )
     iou = {line["uid"]: line["iou"] for line in lines}
     assert iou["p0_10_0"] == 1.0 and iou["p0_2_0"] == pytest.approx(0.5) and iou["p1_2_0"] is None  # detection
 
@@ -536,7 +560,9 @@ def test_a_failing_step_metric_warns_and_keeps_verls_metrics(caplog):
         def kv_batch_get(self, **kwargs):
             raise RuntimeError("TransferQueue API changed")
 
-    compute_metrics = step_metrics.wrap_v1_compute_metrics(lambda self, batch, metrics: metrics.update(a=1), BrokenQueue())
+    compute_metrics = step_metrics.wrap_v1_compute_metrics(
+        lambda self, batch, metrics: metrics.update(a=1), BrokenQueue()
+    )
     metrics = {}
     with caplog.at_level(logging.WARNING):
         compute_metrics(None, None, metrics)
@@ -584,6 +610,8 @@ def test_perception_step_metrics_0_opts_out_and_a_late_install_patches_loaded_tr
     env = {**os.environ, "PERCEPTION_STEP_METRICS": "0"}
     late = "import os\nfrom perception_r1_verl import step_metrics\nos.environ.pop('PERCEPTION_STEP_METRICS')\n"
     late += "step_metrics.install()\n" + PATCHED.split("\n", 4)[-1]  # re-check after installing
-    result = subprocess.run([sys.executable, "-c", PATCHED + late], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", PATCHED + late], capture_output=True, text=True, timeout=300, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-2:] == ["[False, False, False, False]", "[True, True, True, True]"]

@@ -18,10 +18,16 @@ PROG = "perception-r1-prep"
 # source -> ("module:function" taking argv, what it reads); modules are imported on use only
 SOURCES = {
     "coco_det": ("perception_r1_verl.data.coco:main", "COCO-format detection annotations (task detection)"),
-    "refcoco": ("perception_r1_verl.data.refcoco:main", "RefCOCO/+/g: refer toolkit, VLM-R1, lmms-lab, EasyR1, jsonl (grounding)"),
+    "refcoco": (
+        "perception_r1_verl.data.refcoco:main",
+        "RefCOCO/+/g: refer toolkit, VLM-R1, lmms-lab, EasyR1, jsonl (grounding)",
+    ),
     "pixmo_count": ("perception_r1_verl.data.pixmo_count:main", "PixMo-Count or EasyR1 counting tables (counting)"),
     "page_ocr": ("perception_r1_verl.data.page_ocr:main", "Fox page OCR, EasyR1 or jsonl tables (ocr)"),
-    "check": ("perception_r1_verl.data.cli:check_main", "check a converted parquet as verl reads it; draw rows into a grid"),
+    "check": (
+        "perception_r1_verl.data.cli:check_main",
+        "check a converted parquet as verl reads it; draw rows into a grid",
+    ),
 }
 
 

@@ -66,7 +66,9 @@ def print_summary(summary: dict, file=sys.stderr) -> None:
     print(f"  summary: {summary_path(Path(summary['out']))}", file=file)
 
 
-def run_cli(parser: argparse.ArgumentParser, argv, convert_fn: Callable[[argparse.Namespace, ConvertOptions], dict]) -> int:
+def run_cli(
+    parser: argparse.ArgumentParser, argv, convert_fn: Callable[[argparse.Namespace, ConvertOptions], dict]
+) -> int:
     """Parse, convert, print the summary; bad input under --strict exits 2 with its message."""
     args = parser.parse_args(argv)
     try:

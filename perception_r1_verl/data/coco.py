@@ -153,9 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="perception-r1-prep coco_det",
         description="COCO-format detection annotations -> verl parquet (task 'detection').",
     )
-    p.add_argument("--annotations", required=True, type=Path, help="instances_{train,val}2017.json or any COCO-format file")
-    p.add_argument("--images", type=Path, help="folder the file_name entries are relative to (default: the json's folder)")
-    p.add_argument("--prompt-categories", default="all", choices=PROMPT_CATEGORIES, help="categories listed in the prompt")
+    p.add_argument(
+        "--annotations", required=True, type=Path, help="instances_{train,val}2017.json or any COCO-format file"
+    )
+    p.add_argument(
+        "--images", type=Path, help="folder the file_name entries are relative to (default: the json's folder)"
+    )
+    p.add_argument(
+        "--prompt-categories", default="all", choices=PROMPT_CATEGORIES, help="categories listed in the prompt"
+    )
     p.add_argument("--keep-empty", action="store_true", help="keep images without objects as negatives")
     p.add_argument("--data-source", default="coco", help="data_source column (default: coco)")
     add_common_args(p)

@@ -44,7 +44,11 @@ def _read_own(rec: dict) -> Page | None:
 
 def _read_fox(rec: dict) -> Page | None:
     image, turns = rec.get("image"), rec.get("conversations")
-    answers = [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"] if isinstance(turns, list) else []
+    answers = (
+        [t.get("value") for t in turns if isinstance(t, dict) and t.get("from") == "gpt"]
+        if isinstance(turns, list)
+        else []
+    )
     if not (isinstance(image, str) and len(answers) == 1 and isinstance(answers[0], str)):
         return None
     return Page(None, image, answers[0])
@@ -130,7 +134,9 @@ def convert_page_ocr(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="perception-r1-prep page_ocr", description="Page OCR tables -> verl parquet (task 'ocr').")
+    p = argparse.ArgumentParser(
+        prog="perception-r1-prep page_ocr", description="Page OCR tables -> verl parquet (task 'ocr')."
+    )
     p.add_argument(
         "--table",
         "--jsonl",
@@ -140,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="tables (.jsonl/.json/.parquet): Fox {en,cn}_page_ocr.json, EasyR1 images/problem/answer, or {image, text}",
     )
-    p.add_argument("--layout", choices=[x.name for x in LAYOUTS], help="the tables' layout (default: detected from each file)")
+    p.add_argument(
+        "--layout", choices=[x.name for x in LAYOUTS], help="the tables' layout (default: detected from each file)"
+    )
     p.add_argument(
         "--images",
         type=Path,

@@ -94,7 +94,11 @@ def _read_own(rec: dict) -> Count | None:
         and (count is None or _is_count(count))
         and (count is not None or points is not None)
     )
-    return Count(image if isinstance(image, str) else None, sha if isinstance(sha, str) else None, label, count, points) if ok else None
+    return (
+        Count(image if isinstance(image, str) else None, sha if isinstance(sha, str) else None, label, count, points)
+        if ok
+        else None
+    )
 
 
 def _read_easyr1(rec: dict) -> Count | None:
@@ -217,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="PixMo-Count table -> verl parquet (task 'counting').",
     )
     p.add_argument("--table", nargs="+", required=True, type=Path, help="tables (.parquet, .jsonl or .json)")
-    p.add_argument("--layout", choices=[x.name for x in LAYOUTS], help="the tables' layout (default: detected from each file)")
+    p.add_argument(
+        "--layout", choices=[x.name for x in LAYOUTS], help="the tables' layout (default: detected from each file)"
+    )
     p.add_argument("--images", type=Path, help="folder of the downloaded images (default: the table's folder)")
     p.add_argument("--data-source", default="pixmo_count", help="data_source column (default: pixmo_count)")
     add_common_args(p)
@@ -226,5 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     return run_cli(
-        build_parser(), argv, lambda a, o: convert_pixmo_count(a.table, a.images, a.out, o, data_source=a.data_source, layout=a.layout)
+        build_parser(),
+        argv,
+        lambda a, o: convert_pixmo_count(a.table, a.images, a.out, o, data_source=a.data_source, layout=a.layout),
     )

@@ -149,7 +149,11 @@ class Ref(NamedTuple):
 
 
 def _read_own(rec: dict, bbox_format: str = "xyxy") -> list[Ref] | None:
-    image, text, bbox = pick(rec, "image", "image_path", "file_name"), pick(rec, "expression", "sent", "text"), rec.get("bbox")
+    image, text, bbox = (
+        pick(rec, "image", "image_path", "file_name"),
+        pick(rec, "expression", "sent", "text"),
+        rec.get("bbox"),
+    )
     if not (isinstance(image, str) and isinstance(text, str) and is_box(bbox)):
         return None
     return [Ref(rec.get("id"), image, text, xywh_to_xyxy(bbox) if bbox_format == "xywh" else bbox, rec.get("split"))]
@@ -159,7 +163,11 @@ def _read_vlm_r1(rec: dict) -> list[Ref] | None:
     # ``solution`` is the COCO box with 1 added to x2 and y2 (VLM-R1's IoU counts inclusive
     # pixels); ``bbox_list`` holds the COCO box itself, so it is preferred when present.
     image, text, boxes = rec.get("image"), rec.get("normal_caption"), rec.get("bbox_list")
-    box = boxes[0] if isinstance(boxes, list) and len(boxes) == 1 and is_box(boxes[0]) else answer_box(rec.get("solution"))
+    box = (
+        boxes[0]
+        if isinstance(boxes, list) and len(boxes) == 1 and is_box(boxes[0])
+        else answer_box(rec.get("solution"))
+    )
     if not (isinstance(image, str) and isinstance(text, str) and box is not None):
         return None
     return [Ref(None, image, text, list(box))]
@@ -351,9 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the table's folder; VLM-R1 paths start with train2014/, so give the folder above it)",
     )
     p.add_argument(
-        "--dataset", default=None, choices=DATASETS, help="data_source (default: from the file or folder name, else refcoco)"
+        "--dataset",
+        default=None,
+        choices=DATASETS,
+        help="data_source (default: from the file or folder name, else refcoco)",
     )
-    p.add_argument("--bbox-format", default="xyxy", choices=BBOX_FORMATS, help="box format of jsonl/easyr1 tables (default: xyxy)")
+    p.add_argument(
+        "--bbox-format", default="xyxy", choices=BBOX_FORMATS, help="box format of jsonl/easyr1 tables (default: xyxy)"
+    )
     p.add_argument("--all-splits", action="store_true", help="convert every split, not only --split")
     add_common_args(p)
     p.set_defaults(split=None)  # resolved in main: from the table's file name, else train

@@ -104,9 +104,18 @@ def make_sample_sources(root: Path, n_images: int = 32, seed: int = 0) -> Sample
     for ann in coco["annotations"]:
         x, y, w, h = ann["bbox"]
         shapes.setdefault((files[ann["image_id"]], names[ann["category_id"]]), []).append([x, y, x + w, y + h])
-    grounding = [{"image": f, "expression": f"the {name}", "bbox": boxes[0]} for (f, name), boxes in shapes.items() if len(boxes) == 1]
+    grounding = [
+        {"image": f, "expression": f"the {name}", "bbox": boxes[0]}
+        for (f, name), boxes in shapes.items()
+        if len(boxes) == 1
+    ]
     counting = [
-        {"image": f, "label": f"{name}s", "count": len(boxes), "points": [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes]}
+        {
+            "image": f,
+            "label": f"{name}s",
+            "count": len(boxes),
+            "points": [[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2] for b in boxes],
+        }
         for (f, name), boxes in shapes.items()
     ]
     pages = [_render_page(sample.images, i, seed) for i in range(n_images)]

@@ -27,23 +27,38 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--responses", required=True, help='jsonl of {"index", "response"}')
     sc.add_argument("--out", required=True, help="output folder")
     sc.add_argument("--annotations", default=None, help="COCO instances.json (detection)")
-    sc.add_argument("--zh-tokenizer", choices=("auto", "jieba", "char"), default="auto",
-                    help="Chinese OCR tokenisation (auto: jieba if installed, else per character)")
+    sc.add_argument(
+        "--zh-tokenizer",
+        choices=("auto", "jieba", "char"),
+        default="auto",
+        help="Chinese OCR tokenisation (auto: jieba if installed, else per character)",
+    )
     sc.add_argument("--top-k", type=int, default=8, help="best and worst cases in report.html")
     sc.add_argument("--no-report", action="store_true", help="skip report.html")
 
     from .suite import __doc__ as suite_doc
 
-    su = sub.add_parser("suite", help="prepare, generate and score every benchmark split; one table (resumable)",
-                        description=suite_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    su = sub.add_parser(
+        "suite",
+        help="prepare, generate and score every benchmark split; one table (resumable)",
+        description=suite_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     su.add_argument("--model", required=True, help="Hugging Face model folder or merged verl checkpoint")
     su.add_argument("--dataset-root", required=True, help="the benchmarks' source files, laid out as above")
     su.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
-    su.add_argument("--benchmarks", default=None,
-                    help="comma-separated subset of refcoco,refcoco+,refcocog,pixmo_count,page_ocr,coco (default: "
-                         "all; missing ones are skipped, named ones must be present)")
-    su.add_argument("--model-family", default=None, choices=frames.MODEL_FAMILIES,
-                    help="answer frame the splits are prepared for (default: the model's config.json model_type)")
+    su.add_argument(
+        "--benchmarks",
+        default=None,
+        help="comma-separated subset of refcoco,refcoco+,refcocog,pixmo_count,page_ocr,coco (default: "
+        "all; missing ones are skipped, named ones must be present)",
+    )
+    su.add_argument(
+        "--model-family",
+        default=None,
+        choices=frames.MODEL_FAMILIES,
+        help="answer frame the splits are prepared for (default: the model's config.json model_type)",
+    )
     su.add_argument("--limit", type=int, default=None, help="prepare at most this many rows per split (smoke runs)")
     su.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="image-reading processes")
     su.add_argument("--zh-tokenizer", choices=("auto", "jieba", "char"), default="auto")
@@ -82,10 +97,17 @@ def _engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _engine_kwargs(args) -> dict:
-    return {"backend": args.backend, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-            "tensor_parallel_size": args.tensor_parallel_size, "max_model_len": args.max_model_len,
-            "gpu_memory_utilization": args.gpu_memory_utilization, "max_images": args.max_images,
-            "dtype": args.dtype, "device": args.device}
+    return {
+        "backend": args.backend,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "tensor_parallel_size": args.tensor_parallel_size,
+        "max_model_len": args.max_model_len,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_images": args.max_images,
+        "dtype": args.dtype,
+        "device": args.device,
+    }
 
 
 def _log(msg: str) -> None:
@@ -96,9 +118,19 @@ def _suite(args) -> int:
     from .suite import SuiteError, run_suite
 
     try:
-        table = run_suite(args.model, args.dataset_root, args.out, benchmarks=args.benchmarks,
-                          model_family=args.model_family, limit=args.limit, workers=args.workers,
-                          report=not args.no_report, zh_tokenizer=args.zh_tokenizer, log=_log, **_engine_kwargs(args))
+        table = run_suite(
+            args.model,
+            args.dataset_root,
+            args.out,
+            benchmarks=args.benchmarks,
+            model_family=args.model_family,
+            limit=args.limit,
+            workers=args.workers,
+            report=not args.no_report,
+            zh_tokenizer=args.zh_tokenizer,
+            log=_log,
+            **_engine_kwargs(args),
+        )
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -115,15 +147,24 @@ def main(argv=None) -> int:
         from .generate import generate
 
         stats = generate(args.model, args.data, args.out, limit=args.limit, log=_log, **_engine_kwargs(args))
-        print(f"{stats['generated']} generated ({stats['backend']}), {stats['already_done']} already done, "
-              f"{stats['rows']} rows in the split -> {args.out}")
+        print(
+            f"{stats['generated']} generated ({stats['backend']}), {stats['already_done']} already done, "
+            f"{stats['rows']} rows in the split -> {args.out}"
+        )
         return 0
     if args.command == "rollouts":
         return _rollouts(args)
     from .score import score
 
-    metrics = score(args.data, args.responses, args.out, annotations=args.annotations,
-                    zh_tokenizer=args.zh_tokenizer, report=not args.no_report, top_k=args.top_k)
+    metrics = score(
+        args.data,
+        args.responses,
+        args.out,
+        annotations=args.annotations,
+        zh_tokenizer=args.zh_tokenizer,
+        report=not args.no_report,
+        top_k=args.top_k,
+    )
     for warning in metrics["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     with open(f"{args.out}/metrics.md") as f:
@@ -139,8 +180,17 @@ def _rollouts(args) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for key in ("bad_lines", "unmatched", "ambiguous", "index_misses", "missing_images", "reward_errors",
-                "reward_timeout", "reward_error", "score_mismatches"):
+    for key in (
+        "bad_lines",
+        "unmatched",
+        "ambiguous",
+        "index_misses",
+        "missing_images",
+        "reward_errors",
+        "reward_timeout",
+        "reward_error",
+        "score_mismatches",
+    ):
         if stats[key]:
             print(f"warning: {stats[key]} {key.replace('_', ' ')} (listed in the report)", file=sys.stderr)
     if stats["missing_steps"]:

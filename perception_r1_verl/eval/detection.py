@@ -107,7 +107,9 @@ def _category_map(categories: list[dict]) -> dict:
     for cat in categories:
         key = normalise_label(cat["name"])
         if key in out:
-            raise ValueError(f"two categories are both named {cat['name']!r} (labels compare by labels.normalise_label)")
+            raise ValueError(
+                f"two categories are both named {cat['name']!r} (labels compare by labels.normalise_label)"
+            )
         out[key] = cat["id"]
     return out
 
@@ -184,8 +186,10 @@ def from_split(samples) -> GroundTruth:
     not mask areas, so AP, and APs/m/l most, can differ from the official numbers:
     pass the annotation file for those.
     """
-    names = sorted({normalise_label(n) for s in samples for n in s.ground_truth.get("categories", [])}
-                   | {normalise_label(o["label"]) for s in samples for o in s.ground_truth["objects"]})
+    names = sorted(
+        {normalise_label(n) for s in samples for n in s.ground_truth.get("categories", [])}
+        | {normalise_label(o["label"]) for s in samples for o in s.ground_truth["objects"]}
+    )
     category_of = {name: i for i, name in enumerate(names, 1)}
     images, anns, image_of = [], [], {}
     for n, s in enumerate(samples, 1):
@@ -194,12 +198,21 @@ def from_split(samples) -> GroundTruth:
         image_of[s.index] = n
         for obj in s.ground_truth["objects"]:
             x1, y1, x2, y2 = _to_original(obj["bbox_2d"], s)
-            anns.append({
-                "id": len(anns) + 1, "image_id": n, "category_id": category_of[normalise_label(obj["label"])],
-                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-            })
-    dataset = {"images": images, "annotations": anns,
-               "categories": [{"id": i, "name": name} for name, i in category_of.items()]}
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": n,
+                    "category_id": category_of[normalise_label(obj["label"])],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": i, "name": name} for name, i in category_of.items()],
+    }
     note = "ground truth from the split (answer-frame rounding, box areas); pass --annotations for official numbers"
     return GroundTruth(_coco(dataset), image_of, category_of, "split", [note])
 
@@ -215,15 +228,15 @@ def detections_of(sample, answer: Answer, gt: GroundTruth) -> tuple[list[dict], 
             unknown.append(label)
             continue
         x1, y1, x2, y2 = _to_original(box, sample)
-        dets.append({"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                     "score": box_score(rank)})
+        dets.append(
+            {"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": box_score(rank)}
+        )
     return dets, unknown
 
 
 def _empty_results(coco_gt):
     """A results object with no detections (``loadRes`` fails on an empty list)."""
-    return _coco({"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
-                  "annotations": []})
+    return _coco({"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"], "annotations": []})
 
 
 def coco_evaluate(coco_gt, detections: list[dict], image_ids) -> tuple[dict, str, object]:
@@ -256,8 +269,12 @@ def per_image_f1(evaluator) -> dict:
     """
     p = evaluator.params
     n_img, n_area = len(p.imgIds), len(p.areaRng)
-    entries = [e for k in range(len(p.catIds))
-               for e in evaluator.evalImgs[k * n_area * n_img : k * n_area * n_img + n_img] if e is not None]
+    entries = [
+        e
+        for k in range(len(p.catIds))
+        for e in evaluator.evalImgs[k * n_area * n_img : k * n_area * n_img + n_img]
+        if e is not None
+    ]
     if not entries:
         return {img: (0, 0, 0) for img in p.imgIds}
     position = {img: i for i, img in enumerate(p.imgIds)}

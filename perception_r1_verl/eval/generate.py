@@ -79,7 +79,9 @@ def fold_lora(model_dir: Path, log=print) -> Path:
     try:
         from peft import PeftModel
     except ImportError:
-        raise ValueError(f"{model_dir} holds a LoRA adapter ({adapter}); folding it in needs peft: pip install peft") from None
+        raise ValueError(
+            f"{model_dir} holds a LoRA adapter ({adapter}); folding it in needs peft: pip install peft"
+        ) from None
     from transformers import AutoModelForImageTextToText
 
     log(f"{model_dir} holds a LoRA adapter: folding it into the weights once, into {folded}")
@@ -174,9 +176,10 @@ class TransformersEngine:
         with self.torch.inference_mode():
             # repetition_penalty=1: plain greedy, as vLLM and verl's validation decode (Qwen2.5-VL's
             # generation_config would otherwise add 1.05).
-            out = self.model.generate(**inputs, do_sample=False, repetition_penalty=1.0,
-                                      max_new_tokens=self.max_new_tokens)
-        new = out[:, inputs["input_ids"].shape[1]:]
+            out = self.model.generate(
+                **inputs, do_sample=False, repetition_penalty=1.0, max_new_tokens=self.max_new_tokens
+            )
+        new = out[:, inputs["input_ids"].shape[1] :]
         return [strip_eos(t) for t in self.processor.batch_decode(new, skip_special_tokens=False)]
 
 
@@ -185,18 +188,32 @@ class VLLMEngine:
 
     name = "vllm"
 
-    def __init__(self, model_dir, max_new_tokens: int, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, gpu_memory_utilization: float = 0.9, max_images: int = 1):
+    def __init__(
+        self,
+        model_dir,
+        max_new_tokens: int,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float = 0.9,
+        max_images: int = 1,
+    ):
         from vllm import LLM, SamplingParams
 
-        self.llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                       limit_mm_per_prompt={"image": max_images}, seed=0)
+        self.llm = LLM(
+            model=str(model_dir),
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            limit_mm_per_prompt={"image": max_images},
+            seed=0,
+        )
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
 
     def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
-        requests = [{"prompt": p, "multi_modal_data": {"image": ims}} if ims else {"prompt": p}
-                    for p, ims in zip(prompts, images, strict=True)]
+        requests = [
+            {"prompt": p, "multi_modal_data": {"image": ims}} if ims else {"prompt": p}
+            for p, ims in zip(prompts, images, strict=True)
+        ]
         outputs = self.llm.generate(requests, self.params, use_tqdm=False)
         return [strip_eos(o.outputs[0].text) for o in outputs]
 
@@ -231,10 +248,24 @@ def prepare(prompt, cells, extra_info, processor, factor: int) -> tuple[str, lis
     return text, images
 
 
-def generate(model, data, out, *, backend: str = "auto", batch_size: int = 64, max_new_tokens: int = 2048,
-             tensor_parallel_size: int = 1, max_model_len: int | None = None, gpu_memory_utilization: float = 0.9,
-             max_images: int = 1, limit: int | None = None, dtype: str = "auto", device: str | None = None,
-             engines: dict | None = None, log=print) -> dict:
+def generate(
+    model,
+    data,
+    out,
+    *,
+    backend: str = "auto",
+    batch_size: int = 64,
+    max_new_tokens: int = 2048,
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
+    gpu_memory_utilization: float = 0.9,
+    max_images: int = 1,
+    limit: int | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    engines: dict | None = None,
+    log=print,
+) -> dict:
     """Generate a response for every row of ``data`` not yet in ``out``; returns counts.
 
     ``backend``: ``"vllm"``, ``"transformers"`` or ``"auto"`` (vLLM when importable).
@@ -266,8 +297,9 @@ def generate(model, data, out, *, backend: str = "auto", batch_size: int = 64, m
     key = (backend, str(model_dir))
     engine = engines.get(key)
     if engine is None and backend == "vllm":
-        engine = VLLMEngine(model_dir, max_new_tokens, tensor_parallel_size, max_model_len,
-                            gpu_memory_utilization, max_images)
+        engine = VLLMEngine(
+            model_dir, max_new_tokens, tensor_parallel_size, max_model_len, gpu_memory_utilization, max_images
+        )
     elif engine is None and backend == "transformers":
         engine = TransformersEngine(model_dir, processor, max_new_tokens, dtype, device)
     elif engine is None:
@@ -277,9 +309,12 @@ def generate(model, data, out, *, backend: str = "auto", batch_size: int = 64, m
     start = time.perf_counter()
     batch: list = []
     with open(out, "ab") as f:
+
         def flush():
             responses = engine.generate([b[1] for b in batch], [b[2] for b in batch])
-            lines = (orjson.dumps({"index": b[0], "response": r}) + b"\n" for b, r in zip(batch, responses, strict=True))
+            lines = (
+                orjson.dumps({"index": b[0], "response": r}) + b"\n" for b, r in zip(batch, responses, strict=True)
+            )
             f.write(b"".join(lines))
             f.flush()
             os.fsync(f.fileno())

@@ -29,14 +29,23 @@ class PaperTable:
 
 
 TABLES = (
-    PaperTable(1, "Visual grounding, Acc@0.5 (IoU >= 0.5)", "Qwen2-VL-2B-Instruct",
-               ("refcoco", "refcoco+", "refcocog"),
-               {b: ("Acc@0.5",) for b in ("refcoco", "refcoco+", "refcocog")}),
-    PaperTable(2, "Page OCR", "Qwen2-VL-2B-Instruct", ("page_ocr",),
-               {"page_ocr": ("edit_distance", "F1", "BLEU", "METEOR")}),
-    PaperTable(3, "Counting (exact-match accuracy) and COCO detection", "Qwen2-VL-2B-Instruct (counting), "
-               "Qwen2.5-VL-3B-Instruct (detection)", ("pixmo_count", "coco"),
-               {"pixmo_count": ("Acc",), "coco": ("AP", "AP50", "AP75")}),
+    PaperTable(
+        1,
+        "Visual grounding, Acc@0.5 (IoU >= 0.5)",
+        "Qwen2-VL-2B-Instruct",
+        ("refcoco", "refcoco+", "refcocog"),
+        {b: ("Acc@0.5",) for b in ("refcoco", "refcoco+", "refcocog")},
+    ),
+    PaperTable(
+        2, "Page OCR", "Qwen2-VL-2B-Instruct", ("page_ocr",), {"page_ocr": ("edit_distance", "F1", "BLEU", "METEOR")}
+    ),
+    PaperTable(
+        3,
+        "Counting (exact-match accuracy) and COCO detection",
+        "Qwen2-VL-2B-Instruct (counting), Qwen2.5-VL-3B-Instruct (detection)",
+        ("pixmo_count", "coco"),
+        {"pixmo_count": ("Acc",), "coco": ("AP", "AP50", "AP75")},
+    ),
 )
 
 # (benchmark, split, metric) -> (baseline, Perception-R1), in %. A pair stands for a range the

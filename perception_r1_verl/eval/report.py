@@ -84,8 +84,14 @@ def draw_case(image: Image.Image, sample, record: dict, response: str, scored) -
         anns = coco.imgToAnns.get(record["image_id"], [])
         _draw_boxes(draw, [xyxy(a["bbox"]) for a in anns], GT_COLOR, width, [names[a["category_id"]] for a in anns])
         dets = [d for d in scored.detections if d["image_id"] == record["image_id"]]
-        _draw_boxes(draw, [xyxy(d["bbox"]) for d in dets], PRED_COLOR, width,
-                    [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets], bottom=True)
+        _draw_boxes(
+            draw,
+            [xyxy(d["bbox"]) for d in dets],
+            PRED_COLOR,
+            width,
+            [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets],
+            bottom=True,
+        )
     image.thumbnail((THUMB, THUMB))
     return image
 
@@ -150,17 +156,23 @@ def write_report(out_dir, data, samples, scored, responses: dict | None = None, 
     worst = sorted(range(len(samples)), key=lambda i: (scores[i], samples[i].index))[:top_k]
     best = sorted(range(len(samples)), key=lambda i: (-scores[i], samples[i].index))[:top_k]
     images = read_images(data, {samples[i].row for i in worst + best})
-    legend = ('<p class="legend"><span style="color:#0a0">ground truth</span>'
-              '<span style="color:#e00">prediction</span></p>')
+    legend = (
+        '<p class="legend"><span style="color:#0a0">ground truth</span><span style="color:#e00">prediction</span></p>'
+    )
     values = ", ".join(f"{n} {format_value(n, scored.metrics[n])}" for n in metric_names(scored.metrics))
-    body = [f"<h1>{html.escape(scored.task)}: {html.escape(Path(data).name)}</h1>",
-            f"<p>{scored.metrics['n_samples']} samples: {html.escape(values)} (% except MAE)</p>", legend]
+    body = [
+        f"<h1>{html.escape(scored.task)}: {html.escape(Path(data).name)}</h1>",
+        f"<p>{scored.metrics['n_samples']} samples: {html.escape(values)} (% except MAE)</p>",
+        legend,
+    ]
     for title, picks in (("Best", best), ("Worst", worst)):
         body.append(f"<h2>{title} {len(picks)}</h2><div class='grid'>")
         for i in picks:
             body.append(_case_html(samples[i], scored.records[i], responses.get(samples[i].index, ""), images, scored))
         body.append("</div>")
     path = Path(out_dir) / "report.html"
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><style>{_CSS}</style></head>"
-                    f"<body>{''.join(body)}</body></html>")
+    path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>"
+    )
     return path

@@ -48,13 +48,13 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from .. import rewards
-from ..step_metrics import COUNTERS
 from ..boxes import pairwise_iou_giou
+from ..frames import row_frame, to_pixels
 from ..parsing import Answer, parse_answer
 from ..prompts import IMAGE_TOKEN
+from ..step_metrics import COUNTERS
 from .dataset import Sample, read_images
-from ..frames import row_frame, to_pixels
-from .report import _CSS, _draw_boxes, _draw_points, _img_tag, GT_COLOR, PRED_COLOR, THUMB, text_diff
+from .report import _CSS, GT_COLOR, PRED_COLOR, THUMB, _draw_boxes, _draw_points, _img_tag, text_diff
 
 DUMP_NAME = re.compile(r"(\d+)\.jsonl")
 DEFAULT_LAST = 10  # steps shown when neither steps nor last is given
@@ -68,8 +68,10 @@ HACKS = {
     "repeated": f"two answer boxes overlap at IoU >= {REPEAT_IOU}, or a point is given twice",
     "empty": "no answer text, or an empty list where the ground truth has objects",
 }
-UNPARSABLE_RULE = ("grounding, counting, detection: no answer in any recognised style (JSON, box tokens, "
-                   "plain [x1, y1, x2, y2]) in a non-empty answer; OCR: think/answer tags not as the prompt asked")
+UNPARSABLE_RULE = (
+    "grounding, counting, detection: no answer in any recognised style (JSON, box tokens, "
+    "plain [x1, y1, x2, y2]) in a non-empty answer; OCR: think/answer tags not as the prompt asked"
+)
 _COMPONENTS = tuple(k for k in rewards.component_keys() if k != "score")
 _VIDEO_TOKEN = "<video>"
 
@@ -165,18 +167,33 @@ def parse_line(line: bytes, step: int, n: int, where: str) -> Rollout | None:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    if not (isinstance(obj, dict) and isinstance(obj.get("input"), str) and isinstance(obj.get("output"), str)
-            and _number(obj.get("score"))):
+    if not (
+        isinstance(obj, dict)
+        and isinstance(obj.get("input"), str)
+        and isinstance(obj.get("output"), str)
+        and _number(obj.get("score"))
+    ):
         return None
     dumped = None
     if any(k in obj for k in _COMPONENTS):  # the legacy trainer's reward_extra_info columns
         dumped = {k: float(obj[k]) for k in _COMPONENTS if _number(obj.get(k))}
     uid, index = obj.get("uid", obj.get("request_id")), obj.get("index")
     source = obj.get("data_source")
-    return Rollout(step, n, where, obj["input"], obj["output"], obj.get("gts"), float(obj["score"]),
-                   None if uid is None else str(uid), dumped, source if isinstance(source, str) else None,
-                   None if index is None else str(index), obj.get("is_padding") is True,
-                   tuple(k for k in COUNTERS if _number(obj.get(k)) and obj[k] > 0))
+    return Rollout(
+        step,
+        n,
+        where,
+        obj["input"],
+        obj["output"],
+        obj.get("gts"),
+        float(obj["score"]),
+        None if uid is None else str(uid),
+        dumped,
+        source if isinstance(source, str) else None,
+        None if index is None else str(index),
+        obj.get("is_padding") is True,
+        tuple(k for k in COUNTERS if _number(obj.get(k)) and obj[k] > 0),
+    )
 
 
 def read_dump(path: Path, step: int) -> tuple[list[Rollout], list[str]]:
@@ -266,7 +283,8 @@ class TrainRows:
             columns = ("data_source", "prompt", "reward_model", "extra_info")
             table = pq.read_table(path, columns=list(columns))
             for row, (source, prompt, reward_model, extra_info) in enumerate(
-                    zip(*(table.column(c).to_pylist() for c in columns), strict=True)):
+                zip(*(table.column(c).to_pylist() for c in columns), strict=True)
+            ):
                 extra_info = extra_info or {}
                 gt_text = (reward_model or {}).get("ground_truth")
                 try:
@@ -292,8 +310,11 @@ class TrainRows:
             return Match(None, "no ground truth in the dump")
         miss = rollout.index is not None and rollout.data_source is not None
         if miss:
-            hits = [r for r in self.by_index.get((rollout.data_source, rollout.index), ())
-                    if truth_key(r.sample.ground_truth) == key]
+            hits = [
+                r
+                for r in self.by_index.get((rollout.data_source, rollout.index), ())
+                if truth_key(r.sample.ground_truth) == key
+            ]
             if hits:
                 return Match(hits[0], None, len(hits) > 1, by_index=True)
         candidates = self.by_truth.get(key)
@@ -467,7 +488,9 @@ class _Pictures:
         for r in shown:
             if r.row is not None:
                 wanted.setdefault(r.data, set()).add(r.row)
-        self.cells = {(d, row): cell for d, rs in wanted.items() for row, cell in read_images(rows.paths[d], rs).items()}
+        self.cells = {
+            (d, row): cell for d, rs in wanted.items() for row, cell in read_images(rows.paths[d], rs).items()
+        }
         self.rows, self.counts, self.missing = rows, counts, set()
 
     def tag(self, r: Rollout, sample: Sample) -> str:
@@ -536,8 +559,15 @@ def sections(rollouts: list[Rollout], top_k: int) -> list[tuple[str, str, str, i
         hits = sorted((r for r in matched if rule in r.flags), key=_order_best)
         out.append((rule, title, text + "; highest score first", len(hits), hits[:top_k]))
     unmatched = [r for r in rollouts if r.row is None]
-    out.append(("unmatched", "Unmatched", "no row of the data has this ground truth and prompt", len(unmatched),
-                unmatched[:top_k]))
+    out.append(
+        (
+            "unmatched",
+            "Unmatched",
+            "no row of the data has this ground truth and prompt",
+            len(unmatched),
+            unmatched[:top_k],
+        )
+    )
     return out
 
 
@@ -556,21 +586,35 @@ def _summary_table(by_step: dict[int, list[Rollout]]) -> str:
 
 
 def _problems(stats: dict) -> str:
-    items = [f"{stats[k]} {text}" for k, text in (
-        ("bad_lines", "unreadable dump lines"), ("unmatched", "rollouts matched no row"),
-        ("ambiguous", "rollouts matched several rows with the same ground truth and prompt (the first is drawn)"),
-        ("index_misses", "rollouts whose dumped data_source and index name no row with their ground truth (other "
-                         "--data than the training run's?); matched by ground truth and prompt instead"),
-        ("padding", "padding samples verl added to fill the batch, left out"),
-        ("missing_images", "rows drawn without their image (missing or unreadable)"),
-        ("rows_without_frame", "rollouts not drawn: their row has no answer frame"),
-        ("reward_errors", "rollouts whose components could not be recomputed"),
-        ("reward_timeout", "rollouts the reward manager scored 0 because the reward timed out in training"),
-        ("reward_error", "rollouts the reward manager scored 0 because the reward raised in training (a data error?)"),
-        ("score_mismatches", "recomputed scores differ from the dumped score (other reward settings, or text "
-                             "lost in decoding)"),
-        ("bad_rows", "parquet rows skipped (bad ground truth or unknown task)"),
-        ("skipped_files", "files in the folder that are not {step}.jsonl")) if stats[k]]
+    items = [
+        f"{stats[k]} {text}"
+        for k, text in (
+            ("bad_lines", "unreadable dump lines"),
+            ("unmatched", "rollouts matched no row"),
+            ("ambiguous", "rollouts matched several rows with the same ground truth and prompt (the first is drawn)"),
+            (
+                "index_misses",
+                "rollouts whose dumped data_source and index name no row with their ground truth (other "
+                "--data than the training run's?); matched by ground truth and prompt instead",
+            ),
+            ("padding", "padding samples verl added to fill the batch, left out"),
+            ("missing_images", "rows drawn without their image (missing or unreadable)"),
+            ("rows_without_frame", "rollouts not drawn: their row has no answer frame"),
+            ("reward_errors", "rollouts whose components could not be recomputed"),
+            ("reward_timeout", "rollouts the reward manager scored 0 because the reward timed out in training"),
+            (
+                "reward_error",
+                "rollouts the reward manager scored 0 because the reward raised in training (a data error?)",
+            ),
+            (
+                "score_mismatches",
+                "recomputed scores differ from the dumped score (other reward settings, or text lost in decoding)",
+            ),
+            ("bad_rows", "parquet rows skipped (bad ground truth or unknown task)"),
+            ("skipped_files", "files in the folder that are not {step}.jsonl"),
+        )
+        if stats[k]
+    ]
     items += [f"{reason}: {n}" for reason, n in stats["unmatched_reasons"].items()]
     items += [f"bad line {w}" for w in stats["bad_line_examples"]]
     if stats["missing_steps"]:
@@ -620,27 +664,52 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
     body_sections = []
     for sid, title, rule, total, picks in parts:
         cases = "".join(_case(r, samples, pictures) for r in picks)
-        body_sections.append(f"<section id='{sid}'><h2>{html.escape(title)}: {len(picks)} of {total}</h2>"
-                             f"<p class='rule'>{html.escape(rule)}</p><div class='grid'>{cases}</div></section>")
+        body_sections.append(
+            f"<section id='{sid}'><h2>{html.escape(title)}: {len(picks)} of {total}</h2>"
+            f"<p class='rule'>{html.escape(rule)}</p><div class='grid'>{cases}</div></section>"
+        )
     stats = {
-        "steps": chosen, "missing_steps": missing, "rollouts": len(everything),
-        "matched": sum(r.row is not None for r in everything), "unmatched": sum(reasons.values()),
-        "unmatched_reasons": dict(reasons), "bad_lines": len(bad), "bad_line_examples": bad[:20],
-        "bad_rows": len(rows.bad_rows), "skipped_files": len(other),
-        **{k: counts[k] for k in ("matched_by_index", "index_misses", "padding", "ambiguous", "missing_images",
-                                  "rows_without_frame", "reward_errors", "score_mismatches", *COUNTERS)},
+        "steps": chosen,
+        "missing_steps": missing,
+        "rollouts": len(everything),
+        "matched": sum(r.row is not None for r in everything),
+        "unmatched": sum(reasons.values()),
+        "unmatched_reasons": dict(reasons),
+        "bad_lines": len(bad),
+        "bad_line_examples": bad[:20],
+        "bad_rows": len(rows.bad_rows),
+        "skipped_files": len(other),
+        **{
+            k: counts[k]
+            for k in (
+                "matched_by_index",
+                "index_misses",
+                "padding",
+                "ambiguous",
+                "missing_images",
+                "rows_without_frame",
+                "reward_errors",
+                "score_mismatches",
+                *COUNTERS,
+            )
+        },
         "sections": {sid: total for sid, _, _, total, _ in parts},
     }
     nav = "".join(f"<a href='#{sid}'>{html.escape(title)} ({total})</a>" for sid, title, _, total, _ in parts)
-    legend = ('<p class="legend"><span style="color:#0a0">ground truth</span>'
-              '<span style="color:#e00">rollout</span></p>')
-    body = [f"<h1>Rollouts: {html.escape(str(dump_dir))}</h1>",
-            f"<p>{stats['rollouts']} rollouts of steps {', '.join(map(str, chosen))}; {stats['matched']} matched to "
-            f"a row of {html.escape(', '.join(p.name for p in rows.paths))} ({stats['matched_by_index']} by their "
-            f"dumped index, the others by ground truth and prompt).</p>",
-            f"<nav>{nav}</nav><h2>Per step</h2>{_summary_table(by_step)}",
-            f"<h2>Problems</h2>{_problems(stats)}", legend, *body_sections]
+    legend = '<p class="legend"><span style="color:#0a0">ground truth</span><span style="color:#e00">rollout</span></p>'
+    body = [
+        f"<h1>Rollouts: {html.escape(str(dump_dir))}</h1>",
+        f"<p>{stats['rollouts']} rollouts of steps {', '.join(map(str, chosen))}; {stats['matched']} matched to "
+        f"a row of {html.escape(', '.join(p.name for p in rows.paths))} ({stats['matched_by_index']} by their "
+        f"dumped index, the others by ground truth and prompt).</p>",
+        f"<nav>{nav}</nav><h2>Per step</h2>{_summary_table(by_step)}",
+        f"<h2>Problems</h2>{_problems(stats)}",
+        legend,
+        *body_sections,
+    ]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>rollouts</title>"
-                         f"<style>{_CSS}{_EXTRA_CSS}</style></head><body>{''.join(body)}</body></html>")
+    Path(out).write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>rollouts</title>"
+        f"<style>{_CSS}{_EXTRA_CSS}</style></head><body>{''.join(body)}</body></html>"
+    )
     return stats

@@ -60,8 +60,9 @@ def _answer_counts(answers, samples, responses) -> dict:
     }
 
 
-def score_samples(samples: list[Sample], responses: dict[str, str], *, annotations=None,
-                  zh_tokenizer: str = "auto") -> Scored:
+def score_samples(
+    samples: list[Sample], responses: dict[str, str], *, annotations=None, zh_tokenizer: str = "auto"
+) -> Scored:
     """Score parsed samples against ``{index: response}``; pure apart from reading ``annotations``."""
     if not samples:
         raise ValueError("the split has no rows")
@@ -112,17 +113,29 @@ def _score_detection(samples, answers, metrics, annotations) -> Scored:
     records = []
     for s, n_det in zip(samples, per_sample, strict=True):
         tp, fp, fn = counts[gt.image_of[s.index]]
-        records.append({"index": s.index, "group": s.group, "score": det.f1(tp, fp, fn),
-                        "image_id": gt.image_of[s.index], "n_pred": n_det, "tp": tp, "fp": fp, "fn": fn})
+        records.append(
+            {
+                "index": s.index,
+                "group": s.group,
+                "score": det.f1(tp, fp, fn),
+                "image_id": gt.image_of[s.index],
+                "n_pred": n_det,
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+            }
+        )
     metrics.update(values)
-    metrics.update({
-        "n_images": len(gt.image_of),
-        "n_detections": len(written),
-        "n_unknown_label": sum(unknown.values()),
-        "unknown_labels": dict(unknown.most_common(10)),
-        "score_rule": "1/(1+rank) by output order of the well-formed boxes",
-        "ground_truth": gt.source,
-    })
+    metrics.update(
+        {
+            "n_images": len(gt.image_of),
+            "n_detections": len(written),
+            "n_unknown_label": sum(unknown.values()),
+            "unknown_labels": dict(unknown.most_common(10)),
+            "score_rule": "1/(1+rank) by output order of the well-formed boxes",
+            "ground_truth": gt.source,
+        }
+    )
     return Scored("detection", metrics, records, written, summary, gt, list(gt.notes))
 
 
@@ -178,8 +191,16 @@ def write_outputs(out_dir, scored: Scored, title: str) -> None:
         (out / "detections.json").write_bytes(orjson.dumps(scored.detections))
 
 
-def score(data: str | os.PathLike, responses: str | os.PathLike, out_dir: str | os.PathLike, *,
-          annotations=None, zh_tokenizer: str = "auto", report: bool = True, top_k: int = 8) -> dict:
+def score(
+    data: str | os.PathLike,
+    responses: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    annotations=None,
+    zh_tokenizer: str = "auto",
+    report: bool = True,
+    top_k: int = 8,
+) -> dict:
     """Score ``responses`` against the split ``data`` and write everything to ``out_dir``.
 
     Returns ``metrics.json``'s content.

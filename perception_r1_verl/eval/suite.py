@@ -90,8 +90,11 @@ class Benchmark:
 
 def _refer(dataset: str, refs: str) -> Layout:
     def inputs(folder: Path, split: str) -> dict:
-        return {"refs": folder / dataset / refs, "instances": folder / dataset / "instances.json",
-                "images": folder / "images" / "mscoco" / "images" / "train2014"}
+        return {
+            "refs": folder / dataset / refs,
+            "instances": folder / dataset / "instances.json",
+            "images": folder / "images" / "mscoco" / "images" / "train2014",
+        }
 
     def convert(out: Path, options: ConvertOptions, paths: dict) -> dict:
         return convert_refcoco(out, options, dataset=dataset, **paths)
@@ -106,13 +109,19 @@ def _pixmo() -> Layout:
     def inputs(folder: Path, split: str) -> dict:
         return {"table": folder / f"{PIXMO_FILES[split]}.parquet", "images": folder / "images"}
 
-    return Layout("Hugging Face parquet + images/", inputs,
-                  lambda out, options, p: convert_pixmo_count(p["table"], p["images"], out, options))
+    return Layout(
+        "Hugging Face parquet + images/",
+        inputs,
+        lambda out, options, p: convert_pixmo_count(p["table"], p["images"], out, options),
+    )
 
 
 def _page_ocr() -> Layout:
-    return Layout("<split>.jsonl", lambda folder, split: {"jsonl": folder / f"{split}.jsonl"},
-                  lambda out, options, p: convert_page_ocr(p["jsonl"], None, out, options))
+    return Layout(
+        "<split>.jsonl",
+        lambda folder, split: {"jsonl": folder / f"{split}.jsonl"},
+        lambda out, options, p: convert_page_ocr(p["jsonl"], None, out, options),
+    )
 
 
 def _coco() -> Layout:
@@ -120,8 +129,11 @@ def _coco() -> Layout:
         return {"annotations": folder / "annotations" / f"instances_{split}.json", "images": folder / split}
 
     # keep_empty: images without objects are part of COCO val and of its AP (false positives count).
-    return Layout("COCO annotations/ + images", inputs,
-                  lambda out, options, p: convert_coco(p["annotations"], p["images"], out, options, keep_empty=True))
+    return Layout(
+        "COCO annotations/ + images",
+        inputs,
+        lambda out, options, p: convert_coco(p["annotations"], p["images"], out, options, keep_empty=True),
+    )
 
 
 BENCHMARKS = {
@@ -187,8 +199,10 @@ def prepared_summary(data: Path, options: ConvertOptions) -> dict | None:
     got = {k: summary.get("options", {}).get(k) for k in PREP_KEYS}
     if got != want:
         diff = {k: (got[k], want[k]) for k in PREP_KEYS if got[k] != want[k]}
-        raise SuiteError(f"{data} was prepared with other options (prepared, asked): {diff}; "
-                         f"delete {data.parent} or choose another --out")
+        raise SuiteError(
+            f"{data} was prepared with other options (prepared, asked): {diff}; "
+            f"delete {data.parent} or choose another --out"
+        )
     return summary
 
 
@@ -208,8 +222,18 @@ class SplitResult:
     dir: str | None = None
 
 
-def run_split(bench: Benchmark, split: str, layout: Layout, inputs: dict, split_dir: Path, model,
-              options: ConvertOptions, generation: dict, scoring: dict, log) -> SplitResult:
+def run_split(
+    bench: Benchmark,
+    split: str,
+    layout: Layout,
+    inputs: dict,
+    split_dir: Path,
+    model,
+    options: ConvertOptions,
+    generation: dict,
+    scoring: dict,
+    log,
+) -> SplitResult:
     """Prepare, generate and score one split, skipping what an earlier run finished."""
     name, data = f"{bench.name}/{split}", split_dir / "data.parquet"
     result = SplitResult(bench.name, split, "scored", dir=str(split_dir))
@@ -234,9 +258,22 @@ def run_split(bench: Benchmark, split: str, layout: Layout, inputs: dict, split_
     return result
 
 
-def run_suite(model, dataset_root, out, *, benchmarks=None, model_family: str | None = None, limit: int | None = None,
-              seed: int = 0, workers: int = 0, progress: bool = True, report: bool = True,
-              zh_tokenizer: str = "auto", log=print, **generation) -> dict:
+def run_suite(
+    model,
+    dataset_root,
+    out,
+    *,
+    benchmarks=None,
+    model_family: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    workers: int = 0,
+    progress: bool = True,
+    report: bool = True,
+    zh_tokenizer: str = "auto",
+    log=print,
+    **generation,
+) -> dict:
     """Run every selected benchmark split; write and return the table (``suite.json``'s content).
 
     ``limit`` prepares at most that many rows per split (a seeded random subset, for smoke
@@ -267,8 +304,9 @@ def run_suite(model, dataset_root, out, *, benchmarks=None, model_family: str | 
     scoring = {"report": report, "zh_tokenizer": zh_tokenizer}
     generation = {**generation, "engines": {}}  # one model load for every split
     for bench, split, layout, inputs in todo:
-        options = ConvertOptions(split=split, model_family=family, limit=limit, seed=seed, workers=workers,
-                                 progress=progress)
+        options = ConvertOptions(
+            split=split, model_family=family, limit=limit, seed=seed, workers=workers, progress=progress
+        )
         split_dir = out / bench.name / split
         try:
             result = run_split(bench, split, layout, inputs, split_dir, model, options, generation, scoring, log)
@@ -297,26 +335,50 @@ def table_rows(results: list[SplitResult]) -> list[dict]:
                     continue
                 for metric in table.metrics[name]:
                     baseline, ours_paper = paper_values(name, split, metric)
-                    rows.append({"table": table.number, "benchmark": name, "split": split, "metric": metric,
-                                 "status": r.status, "n": r.n, "value": r.metrics.get(metric),
-                                 "paper_baseline": baseline, "paper_perception_r1": ours_paper})
+                    rows.append(
+                        {
+                            "table": table.number,
+                            "benchmark": name,
+                            "split": split,
+                            "metric": metric,
+                            "status": r.status,
+                            "n": r.n,
+                            "value": r.metrics.get(metric),
+                            "paper_baseline": baseline,
+                            "paper_perception_r1": ours_paper,
+                        }
+                    )
     return rows
 
 
 def suite_table(results: list[SplitResult], *, model: str, family: str, root: str, limit: int | None) -> dict:
     """``suite.json``: the table rows, every split's outcome and the counts of each outcome."""
-    splits = [{**{k: v for k, v in asdict(r).items() if k != "metrics"}, "warnings": r.metrics.get("warnings", [])}
-              for r in results]
-    return {"model": model, "model_family": family, "dataset_root": root, "limit": limit, "paper": CITATION,
-            "counts": dict(Counter(r.status for r in results)), "rows": table_rows(results), "splits": splits}
+    splits = [
+        {**{k: v for k, v in asdict(r).items() if k != "metrics"}, "warnings": r.metrics.get("warnings", [])}
+        for r in results
+    ]
+    return {
+        "model": model,
+        "model_family": family,
+        "dataset_root": root,
+        "limit": limit,
+        "paper": CITATION,
+        "counts": dict(Counter(r.status for r in results)),
+        "rows": table_rows(results),
+        "splits": splits,
+    }
 
 
 def suite_markdown(table: dict) -> str:
     """``suite.md``: one section per paper table, then what was not scored and why."""
-    lines = [f"# Benchmarks of {table['model']}", "",
-             f"Model family `{table['model_family']}`, data from `{table['dataset_root']}`. Values in %; "
-             f"edit distance is lower-is-better. Paper columns: {CITATION}, Tables 1-3 "
-             "(`-`: not transcribed).", ""]
+    lines = [
+        f"# Benchmarks of {table['model']}",
+        "",
+        f"Model family `{table['model_family']}`, data from `{table['dataset_root']}`. Values in %; "
+        f"edit distance is lower-is-better. Paper columns: {CITATION}, Tables 1-3 "
+        "(`-`: not transcribed).",
+        "",
+    ]
     if table["limit"]:
         lines += [f"> At most {table['limit']} rows per split (a random subset): not comparable with the paper.", ""]
     titles = {b.name: b.title for b in BENCHMARKS.values()}
@@ -324,19 +386,28 @@ def suite_markdown(table: dict) -> str:
         rows = [r for r in table["rows"] if r["table"] == paper_table.number]
         if not rows:
             continue
-        lines += [f"## Table {paper_table.number}. {paper_table.title}", "",
-                  f"Paper baseline: {paper_table.baseline}.", "",
-                  "| benchmark | split | metric | n | this model | paper baseline | paper Perception-R1 |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Table {paper_table.number}. {paper_table.title}",
+            "",
+            f"Paper baseline: {paper_table.baseline}.",
+            "",
+            "| benchmark | split | metric | n | this model | paper baseline | paper Perception-R1 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             value = format_value(r["metric"], r["value"]) if r["status"] == "scored" else r["status"]
             metric = r["metric"] + (" (lower is better)" if r["metric"] in LOWER_IS_BETTER else "")
-            lines.append(f"| {titles[r['benchmark']]} | {r['split']} | {metric} | {r['n'] if r['n'] is not None else '-'} "
-                         f"| {value} | {format_paper(r['paper_baseline'])} | {format_paper(r['paper_perception_r1'])} |")
+            lines.append(
+                f"| {titles[r['benchmark']]} | {r['split']} | {metric} | {r['n'] if r['n'] is not None else '-'} "
+                f"| {value} | {format_paper(r['paper_baseline'])} | {format_paper(r['paper_perception_r1'])} |"
+            )
         lines.append("")
     counts = ", ".join(f"{n} {status}" for status, n in sorted(table["counts"].items()))
     lines += [f"Splits: {counts}.", ""]
-    lines += [f"- {s['benchmark']}/{s['split']}: {s['status']}: {s['detail']}"
-              for s in table["splits"] if s["status"] != "scored"]
+    lines += [
+        f"- {s['benchmark']}/{s['split']}: {s['status']}: {s['detail']}"
+        for s in table["splits"]
+        if s["status"] != "scored"
+    ]
     lines += [f"- {s['benchmark']}/{s['split']}: warning: {w}" for s in table["splits"] for w in s["warnings"]]
     return "\n".join(lines).rstrip() + "\n"

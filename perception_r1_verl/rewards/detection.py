@@ -158,7 +158,9 @@ class DetectionReward:
                 agree = np.array(ids)[:, None] == gt.label_ids[None, :]
                 rows, cols = linear_sum_assignment(self.l1_cost * l1 - self.label_cost * agree - self.giou_cost * gious)
                 # At most min(N, M) pairs: plain Python beats numpy's per-call cost here.
-                kept = [(v, a) for v, a in zip(ious[rows, cols].tolist(), agree[rows, cols].tolist()) if v >= self.match_iou]
+                kept = [
+                    (v, a) for v, a in zip(ious[rows, cols].tolist(), agree[rows, cols].tolist()) if v >= self.match_iou
+                ]
                 matched = len(kept)
                 if matched:
                     label_acc = sum(a for _, a in kept) / matched
