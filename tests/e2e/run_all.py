@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -90,8 +91,9 @@ class Runner:
         self.report.append(f"{name}: launch to exit {wall:.0f} s")
         return run_dir, metrics
 
-    def evaluate(self, checkpoint: Path, task: str) -> None:
-        """Merge ``checkpoint`` with verl's model merger; generate with vLLM and score its val split."""
+    def evaluate(self, checkpoint: Path, task: str, model: str) -> None:
+        """Merge ``checkpoint`` with verl's model merger (its weights must differ from ``model``'s);
+        generate with vLLM and score its val split."""
         merged, val = self.out / "merged" / task, self.data / task / "sample" / "val.parquet"
         eval_dir = self.out / "eval" / task
         py = sys.executable
@@ -117,16 +119,19 @@ class Runner:
         assert sorted(r["index"] for r in responses) == list(range(expected)) or len(responses) == expected, (
             f"{len(responses)} responses for {expected} val rows"
         )
+        changed = check.check_weights_moved(self.models / model, merged)
         written = sorted(p.name for p in (eval_dir / "scores").iterdir())
         assert written, f"score wrote nothing in {eval_dir / 'scores'}"
         self.report.append(
-            f"eval {task}: merged, {len(responses)}/{expected} val rows answered by vLLM, scores {written}, "
+            f"eval {task}: merged ({changed} weights differ from the initial model), {len(responses)}/{expected} val rows answered by vLLM, scores {written}, "
             f"{time.monotonic() - start:.0f} s"
         )
 
 
 def main(argv: list[str]) -> int:
     out = Path(argv[0]).resolve()
+    for leftover in ("models", "data", "runs", "merged", "eval"):  # a previous run's checkpoints would be resumed
+        shutil.rmtree(out / leftover, ignore_errors=True)
     runner = Runner(out)
     start = time.monotonic()
     tiny_models.main([str(runner.models)])
@@ -152,7 +157,7 @@ def main(argv: list[str]) -> int:
 
     runner.train("refcoco", "refcoco", "tiny-Qwen2-VL", [1, 2])
 
-    runner.evaluate(checkpoints / "global_step_4", "page_ocr")
+    runner.evaluate(checkpoints / "global_step_4", "page_ocr", "tiny-Qwen2-VL")
 
     print("\n[e2e] passed:\n  " + "\n  ".join(runner.report) + f"\n  total {time.monotonic() - start:.0f} s")
     return 0
