@@ -85,8 +85,9 @@ class Runner:
             m = metrics[step]
             self.report.append(
                 f"{name} step {step}: timing_s/step {m['timing_s/step']:.1f}, timing_s/gen {m['timing_s/gen']:.1f}, "
-                f"rescoring its {len(check.rollout_rows(run_dir, step))} rollouts {rescoring[step]:.3f} s "
-                f"({100 * rescoring[step] / m['timing_s/step']:.2f} % of the step)"
+                f"rescoring its {len(check.rollout_rows(run_dir, step))} rollouts {1000 * rescoring[step]:.2f} ms "
+                f"({100 * rescoring[step] / m['timing_s/step']:.3f} % of the step; verl 0.9.1's v1 trainer "
+                "logs no timing_s/reward)"
             )
         self.report.append(f"{name}: launch to exit {wall:.0f} s")
         return run_dir, metrics
