@@ -1,0 +1,142 @@
+"""Assertions on what verl itself wrote for one launch (tests/e2e/launch.py's RUN_DIR).
+
+Read: RUN_DIR/metrics.jsonl (verl's file logger: {"step", "data"} per line),
+RUN_DIR/console.log, RUN_DIR/rollouts/<step>.jsonl (trainer.rollout_data_dir) and
+RUN_DIR/checkpoints (trainer.default_local_dir). Each check raises AssertionError naming
+what is wrong; run_all.py calls them per launch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+from perception_r1_verl import rewards
+from perception_r1_verl.step_metrics import COUNTERS, PREFIX
+
+
+def records(run_dir: Path) -> list[dict]:
+    """The file logger's lines, in order."""
+    path = run_dir / "metrics.jsonl"
+    assert path.exists(), f"{path}: verl's file logger wrote nothing"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_steps(run_dir: Path) -> dict[int, dict]:
+    """Training steps' metrics by step (the records carrying critic/score/mean)."""
+    return {r["step"]: r["data"] for r in records(run_dir) if "critic/score/mean" in r["data"]}
+
+
+def finite(metrics: dict, key: str) -> float:
+    assert key in metrics, f"{key} not logged (logged: {sorted(k for k in metrics if k.startswith(PREFIX))})"
+    value = metrics[key]
+    assert isinstance(value, (int, float)) and math.isfinite(value), f"{key} = {value!r}, not finite"
+    return float(value)
+
+
+def check_steps(run_dir: Path, task: str, data_source: str, expect_steps: list[int]) -> dict[int, dict]:
+    """Steps ``expect_steps`` ran, each logging finite scores and every reward component."""
+    steps = train_steps(run_dir)
+    assert sorted(steps) == expect_steps, f"training steps logged: {sorted(steps)}, expected {expect_steps}"
+    keys = ("score", *rewards.get_reward_cls(task).components, *COUNTERS)
+    for step, metrics in steps.items():
+        finite(metrics, "critic/score/mean")
+        for key in keys:
+            finite(metrics, f"{PREFIX}/{key}/mean")
+            finite(metrics, f"{PREFIX}/{data_source}/{key}/mean")
+        for counter in COUNTERS:
+            assert metrics[f"{PREFIX}/{counter}/mean"] == 0, f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
+    return steps
+
+
+def check_validation(run_dir: Path, task: str, data_source: str) -> dict:
+    """Validation before training logged val-aux/<data_source>/<component>/mean@1."""
+    first = records(run_dir)[0]["data"]
+    for key in ("score", *rewards.get_reward_cls(task).components, *COUNTERS):
+        finite(first, f"val-aux/{data_source}/{key}/mean@1")
+    for counter in COUNTERS:
+        assert first[f"val-aux/{data_source}/{counter}/mean@1"] == 0, f"validation {counter} non-zero"
+    return first
+
+
+# verl's no-op samples that fill a step to whole mini-batches (trainer/ppo/padding_utils.py:
+# uid f"pad{uuid4().hex}", score 0, empty response): dumped with the rollouts, never scored.
+PADDING_UID = "pad"
+
+
+def rollout_rows(run_dir: Path, step: int) -> list[dict]:
+    """A step's dumped rollouts, without verl's padding samples."""
+    path = run_dir / "rollouts" / f"{step}.jsonl"
+    assert path.exists(), f"{path}: verl dumped no rollouts for step {step}"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if not row["uid"].startswith(PADDING_UID)]
+
+
+def check_rescored(run_dir: Path, steps: list[int], data_source: str, extra_info: dict) -> dict[int, float]:
+    """Every dumped rollout, rescored with compute_score, gets the score verl logged for it.
+
+    Returns the seconds rescoring each step's rollouts took (the reward's own cost).
+    """
+    seconds = {}
+    for step in steps:
+        rows = rollout_rows(run_dir, step)
+        start = time.perf_counter()
+        for row in rows:
+            got = rewards.compute_score(data_source, row["output"], row["gts"], extra_info)["score"]
+            assert abs(got - row["score"]) < 1e-4, (
+                f"step {step} {row['uid']}: verl logged {row['score']}, compute_score gives {got} for {row['output']!r}"
+            )
+        seconds[step] = time.perf_counter() - start
+    return seconds
+
+
+def group_sizes(run_dir: Path, step: int) -> Counter:
+    """Responses per prompt in a step's dump (uid keys are "<prompt uid>_<rollout>_<output>")."""
+    return Counter(row["uid"].rsplit("_", 2)[0] for row in rollout_rows(run_dir, step))
+
+
+def check_checkpoint(run_dir: Path, step: int) -> None:
+    folder = run_dir / "checkpoints" / f"global_step_{step}"
+    assert (folder / "actor").is_dir() and (folder / "data.pt").exists(), f"no checkpoint at {folder}"
+
+
+def check_resumed(run_dir: Path, checkpoints: Path, from_step: int) -> None:
+    """The console says verl resumed from the checkpoint of ``from_step`` in ``checkpoints``."""
+    expected = f"Resuming from {checkpoints / f'global_step_{from_step}'}, setting global step to {from_step}"
+    assert expected in (run_dir / "console.log").read_text(), f"console.log lacks {expected!r}"
+
+
+def check_learning(steps: dict[int, dict]) -> None:
+    """Some step had rewards differing within a group: non-zero advantages and gradient.
+
+    Its pg_loss is only checked finite: on-policy GRPO (ratio 1, one update per batch) has
+    pg_loss = -mean(advantage), zero up to rounding since each group's advantages are
+    normalised to mean 0; the gradient is what moves the policy (see check_weights_moved).
+    """
+    assert any(
+        m["critic/advantages/max"] != m["critic/advantages/min"] and m["actor/grad_norm"] > 0 for m in steps.values()
+    ), "no step with non-zero advantages and grad_norm: " + str(
+        {s: {k: m[k] for k in ("critic/advantages/max", "critic/advantages/min", "actor/grad_norm")} for s, m in steps.items()}
+    )
+    for metrics in steps.values():
+        finite(metrics, "actor/pg_loss")
+
+
+def check_weights_moved(initial: Path, merged: Path) -> int:
+    """The merged checkpoint's weights differ from the initial model's; returns how many elements.
+
+    Both are bf16: an lr-1e-6 Adam step moves every weight by about 1e-6, visible in bf16
+    on the many small-magnitude weights only, so this counts elements, it does not measure.
+    """
+    from safetensors.torch import load_file
+
+    before = {k: v for f in sorted(initial.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    after = {k: v for f in sorted(merged.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    common = sorted(set(before) & set(after))
+    assert common, f"no common tensors between {initial} and {merged}"
+    changed = sum(int((before[k].float() != after[k].float()).sum()) for k in common)
+    assert changed > 0, f"{merged}: every weight equals the initial model's after training"
+    return changed

@@ -1,0 +1,168 @@
+"""The end-to-end CPU run behind scripts/e2e.sh: four verl launches, a merge, an evaluation.
+
+    python tests/e2e/run_all.py OUT_DIR      (in scripts/e2e.sh's venv)
+
+1. page_ocr (tiny Qwen2-VL), 2 steps: validation before training, every per-step reward
+   metric, rollouts rescored, checkpoints; random text makes edit similarity differ within
+   a group, so advantages, pg_loss and grad_norm are non-zero;
+2. the same run relaunched with ``trainer.resume_mode=auto``: resumes at step 2, runs 3-4;
+3. coco_det with ``CURRICULUM=1`` (tiny Qwen2.5-VL): a step mixing rollout counts;
+4. refcoco (tiny Qwen2-VL): box tokens through the real decode path;
+5. the step-4 page_ocr checkpoint merged with verl's model merger, then
+   ``perception-r1-eval generate --backend vllm`` and ``score`` on its val split.
+
+Prints each run's timing_s/step and the reward's own cost; exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import check  # noqa: E402
+import tiny_models  # noqa: E402
+from launch import ENV, launch  # noqa: E402
+
+# 1 prompt of 1 object, then 7 of 2-4 objects in the sample's first 8 rows: step 1 mixes
+# __rollout_n__ 2 and 3. (Stage bounds for the offline sample, not the recipe's.)
+CURRICULUM = [
+    "data.train_batch_size=8",
+    "actor_rollout_ref.rollout.n=2",
+    "data.curriculum.max_objects=[0,1]",
+    "data.curriculum.rollout_n=[2,2,3]",
+    # WORKAROUND until the plugin's fix of verl's models/transformers/qwen2_vl.py dummy-visual
+    # branch lands (branch `install`): verl pads a curriculum step to whole mini-batches with
+    # image-less samples, and a micro-batch of padding only dies there (AttributeError on
+    # BaseModelOutputWithPooling.mean()). One micro-batch per mini-batch, in verl's order,
+    # always holds real (image) samples.
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32",
+    "trainer.balance_batch=False",
+]
+
+
+def first_row(data_dir: Path, task: str) -> dict:
+    table = pq.read_table(data_dir / task / "sample" / "train.parquet", columns=["data_source", "extra_info"])
+    return table.slice(0, 1).to_pylist()[0]
+
+
+def val_rows(data_dir: Path, task: str) -> int:
+    return pq.read_metadata(data_dir / task / "sample" / "val.parquet").num_rows
+
+
+class Runner:
+    def __init__(self, out: Path):
+        self.out = out
+        self.models = out / "models"
+        self.data = out / "data"
+        self.report: list[str] = []
+
+    def train(self, name: str, task: str, model: str, steps: list[int], extra=(), env=None, validate=True):
+        """Launch, then check steps, per-step metrics, rescored rollouts; returns the steps' metrics."""
+        run_dir = self.out / "runs" / name
+        start = time.monotonic()
+        env = {"MODEL_PATH": str(self.models / model), "DATA_DIR": str(self.data), **(env or {})}
+        code = launch(run_dir, task, list(extra), env)
+        wall = time.monotonic() - start
+        assert code == 0, f"{name}: verl exited {code}; see {run_dir / 'console.log'}"
+        row = first_row(self.data, task)
+        source, info = row["data_source"], row["extra_info"]
+        metrics = check.check_steps(run_dir, info["task"], source, steps)
+        if validate:
+            check.check_validation(run_dir, info["task"], source)
+        rescoring = check.check_rescored(run_dir, steps, source, info)
+        for step in steps:
+            m = metrics[step]
+            self.report.append(
+                f"{name} step {step}: timing_s/step {m['timing_s/step']:.1f}, timing_s/gen {m['timing_s/gen']:.1f}, "
+                f"rescoring its {len(check.rollout_rows(run_dir, step))} rollouts {1000 * rescoring[step]:.2f} ms "
+                f"({100 * rescoring[step] / m['timing_s/step']:.3f} % of the step; verl 0.9.1's v1 trainer "
+                "logs no timing_s/reward)"
+            )
+        self.report.append(f"{name}: launch to exit {wall:.0f} s")
+        return run_dir, metrics
+
+    def evaluate(self, checkpoint: Path, task: str, model: str) -> None:
+        """Merge ``checkpoint`` with verl's model merger (its weights must differ from ``model``'s);
+        generate with vLLM and score its val split."""
+        merged, val = self.out / "merged" / task, self.data / task / "sample" / "val.parquet"
+        eval_dir = self.out / "eval" / task
+        py = sys.executable
+        env = {**os.environ, **ENV}
+        start = time.monotonic()
+        for command in (
+            [py, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
+             "--local_dir", str(checkpoint / "actor"), "--target_dir", str(merged)],
+            [py, "-m", "perception_r1_verl.eval.cli", "generate", "--model", str(merged), "--data", str(val),
+             "--out", str(eval_dir / "responses.jsonl"), "--backend", "vllm", "--max-new-tokens", "48",
+             "--max-model-len", "4096"],
+            [py, "-m", "perception_r1_verl.eval.cli", "score", "--data", str(val),
+             "--responses", str(eval_dir / "responses.jsonl"), "--out", str(eval_dir / "scores"), "--no-report"],
+        ):  # fmt: skip
+            eval_dir.mkdir(parents=True, exist_ok=True)
+            with open(eval_dir / "console.log", "a") as log:
+                log.write(f"$ {' '.join(command)}\n")
+                log.flush()
+                code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            assert code == 0, f"{command[2:4]} exited {code}; see {eval_dir / 'console.log'}"
+        responses = [json.loads(x) for x in (eval_dir / "responses.jsonl").read_text().splitlines() if x.strip()]
+        expected = val_rows(self.data, task)
+        assert sorted(r["index"] for r in responses) == list(range(expected)) or len(responses) == expected, (
+            f"{len(responses)} responses for {expected} val rows"
+        )
+        changed = check.check_weights_moved(self.models / model, merged)
+        written = sorted(p.name for p in (eval_dir / "scores").iterdir())
+        assert written, f"score wrote nothing in {eval_dir / 'scores'}"
+        self.report.append(
+            f"eval {task}: merged ({changed} weights differ from the initial model), {len(responses)}/{expected} val rows answered by vLLM, scores {written}, "
+            f"{time.monotonic() - start:.0f} s"
+        )
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]).resolve()
+    for leftover in ("models", "data", "runs", "merged", "eval"):  # a previous run's checkpoints would be resumed
+        shutil.rmtree(out / leftover, ignore_errors=True)
+    runner = Runner(out)
+    start = time.monotonic()
+    tiny_models.main([str(runner.models)])
+
+    ocr_dir, ocr = runner.train("page_ocr", "page_ocr", "tiny-Qwen2-VL", [1, 2])
+    check.check_checkpoint(ocr_dir, 1)
+    check.check_learning(ocr)
+
+    checkpoints = ocr_dir / "checkpoints"
+    resumed_dir, _ = runner.train(
+        "page_ocr_resumed", "page_ocr", "tiny-Qwen2-VL", [3, 4],
+        extra=["trainer.resume_mode=auto", f"trainer.default_local_dir={checkpoints}", "trainer.total_training_steps=4"],
+        validate=False,
+    )  # fmt: skip
+    check.check_resumed(resumed_dir, checkpoints, 2)
+
+    curriculum_dir, _ = runner.train(
+        "coco_det_curriculum", "coco_det", "tiny-Qwen2.5-VL", [1, 2], extra=CURRICULUM, env={"CURRICULUM": "1"}
+    )
+    sizes = set(check.group_sizes(curriculum_dir, 1).values())
+    assert len(sizes) > 1, f"curriculum step 1: every prompt had {sizes} rollouts"
+    runner.report.append(f"coco_det_curriculum step 1: rollouts per prompt {sorted(sizes)}")
+
+    runner.train("refcoco", "refcoco", "tiny-Qwen2-VL", [1, 2])
+
+    runner.evaluate(checkpoints / "global_step_4", "page_ocr", "tiny-Qwen2-VL")
+
+    print("\n[e2e] passed:\n  " + "\n  ".join(runner.report) + f"\n  total {time.monotonic() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
