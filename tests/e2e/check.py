@@ -48,7 +48,9 @@ def check_steps(run_dir: Path, task: str, data_source: str, expect_steps: list[i
             finite(metrics, f"{PREFIX}/{key}/mean")
             finite(metrics, f"{PREFIX}/{data_source}/{key}/mean")
         for counter in COUNTERS:
-            assert metrics[f"{PREFIX}/{counter}/mean"] == 0, f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
+            assert metrics[f"{PREFIX}/{counter}/mean"] == 0, (
+                f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
+            )
     return steps
 
 
@@ -119,7 +121,10 @@ def check_learning(steps: dict[int, dict]) -> None:
     assert any(
         m["critic/advantages/max"] != m["critic/advantages/min"] and m["actor/grad_norm"] > 0 for m in steps.values()
     ), "no step with non-zero advantages and grad_norm: " + str(
-        {s: {k: m[k] for k in ("critic/advantages/max", "critic/advantages/min", "actor/grad_norm")} for s, m in steps.items()}
+        {
+            s: {k: m[k] for k in ("critic/advantages/max", "critic/advantages/min", "actor/grad_norm")}
+            for s, m in steps.items()
+        }
     )
     for metrics in steps.values():
         finite(metrics, "actor/pg_loss")

@@ -39,14 +39,12 @@ CURRICULUM = [
     "actor_rollout_ref.rollout.n=2",
     "data.curriculum.max_objects=[0,1]",
     "data.curriculum.rollout_n=[2,2,3]",
-    # WORKAROUND until the plugin's fix of verl's models/transformers/qwen2_vl.py dummy-visual
-    # branch lands (branch `install`): verl pads a curriculum step to whole mini-batches with
-    # image-less samples, and a micro-batch of padding only dies there (AttributeError on
-    # BaseModelOutputWithPooling.mean()). One micro-batch per mini-batch, in verl's order,
-    # always holds real (image) samples.
-    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
-    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
-    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=32",
+    # verl pads the step to whole mini-batches with image-less samples at its end; micro-batches
+    # of 2 in verl's order (no balancing) leave some holding padding only, which verl 0.9.1's
+    # dummy-visual branch cannot run: this exercises the plugin's fix (verl_patches.py).
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
     "trainer.balance_batch=False",
 ]
 

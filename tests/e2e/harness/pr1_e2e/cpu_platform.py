@@ -13,7 +13,6 @@ import types
 from contextlib import nullcontext
 
 import torch
-
 from verl.plugin.platform import PlatformRegistry
 from verl.plugin.platform.platform_base import PlatformBase
 
@@ -170,7 +169,6 @@ def fix_3d_position_ids(data) -> None:
 
 def _patch_verl() -> None:
     import torch.distributed.fsdp as fsdp
-
     import verl.utils.distributed as distributed
     import verl.utils.tensordict_utils as tensordict_utils
 
