@@ -19,6 +19,15 @@ as with the curriculum's per-row ``__rollout_n__``) make one whenever a micro-ba
 only padding. The fix hands that branch a view of the model whose ``visual`` returns the
 embeddings, unpacked by verl's own ``unpack_visual_output`` (as its image branch and
 Qwen3-VL's copy of the dummy branch already do); everything else is verl's code.
+
+**Equal-length 3D position ids** (verl 0.9.1 ``verl/utils/tensordict_utils.py``
+``maybe_fix_3d_position_ids``). Each Qwen-VL sample's position ids are ``(4, L)``; a batch
+of them is a jagged nested tensor. When the lengths differ, torch makes ``L`` the ragged
+dim, pickling loses ``_ragged_idx`` and verl sets it back to 2. When every row has the same
+``L`` (images of one size, every response cut at the length limit), torch takes the ``4``
+as the ragged dim; verl still sets 2, and splitting the batch into mini-batches dies
+("split_with_sizes expects split_sizes to sum exactly to L"). The fix rebuilds such a
+batch with ``L`` ragged, and otherwise does what verl does.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from collections.abc import Callable
 
 from perception_r1_verl.import_hooks import on_import
@@ -105,7 +115,68 @@ def patch_qwen2_vl(module) -> str:
     return "patched"
 
 
-PATCHES: dict[str, Callable] = {"verl.models.transformers.qwen2_vl": patch_qwen2_vl}
+def fix_3d_position_ids(data) -> None:
+    """verl's ``maybe_fix_3d_position_ids``, also right for a batch of equal-length rows.
+
+    >>> import torch
+    >>> from tensordict import TensorDict
+    >>> rows = [torch.arange(12).view(4, 3), torch.arange(12).view(4, 3) + 100]
+    >>> td = TensorDict({"position_ids": torch.nested.as_nested_tensor(rows, layout=torch.jagged)}, batch_size=[2])
+    >>> fix_3d_position_ids(td)
+    >>> [tuple(t.shape) for t in td["position_ids"].unbind()], bool((td["position_ids"].unbind()[1] == rows[1]).all())
+    ([(4, 3), (4, 3)], True)
+    """
+    if "position_ids" not in data.keys():
+        return
+    position_ids = data["position_ids"]
+    if not (position_ids.is_nested and position_ids.dim() == 3):
+        return
+    offsets, values = position_ids.offsets(), position_ids.values()
+    if position_ids._ragged_idx == 1 and values.shape[0] == int(offsets[-1]):
+        # The 4 rows of each sample were taken as the ragged dim: cut them back into samples.
+        from verl.utils.tensordict_utils import nested_tensor_from_tensor_list
+
+        rows = [values[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
+        data["position_ids"] = nested_tensor_from_tensor_list(rows, ragged_idx=2)
+    else:
+        position_ids._ragged_idx = 2
+
+
+# verl 0.9.1's maybe_fix_3d_position_ids sets the ragged dim to 2 unconditionally.
+_RAGGED_TO_2 = 'data["position_ids"]._ragged_idx = 2'
+# Modules that bind maybe_fix_3d_position_ids by name (only rebound when imported first).
+_POSITION_IDS_BINDERS = (
+    "verl.workers.engine_workers",
+    "verl.workers.engine.base",
+    "verl.workers.engine_workers_tinker",
+)
+
+
+def patch_tensordict_utils(module) -> str:
+    """Replace ``module.maybe_fix_3d_position_ids`` (``verl.utils.tensordict_utils``) if it
+    has the defect; returns what was done. Raises ``RuntimeError`` where its source is unexpected."""
+    import inspect
+
+    original = module.maybe_fix_3d_position_ids
+    if original is fix_3d_position_ids:
+        return "already patched"
+    source = inspect.getsource(original)
+    if "_ragged_idx" not in source:
+        raise RuntimeError(f"{module.__name__}.maybe_fix_3d_position_ids does not set _ragged_idx")
+    if _RAGGED_TO_2 not in source or "offsets" in source:
+        return "not needed: verl handles equal-length rows itself"
+    module.maybe_fix_3d_position_ids = fix_3d_position_ids
+    for name in _POSITION_IDS_BINDERS:
+        binder = sys.modules.get(name)
+        if getattr(binder, "maybe_fix_3d_position_ids", None) is original:
+            binder.maybe_fix_3d_position_ids = fix_3d_position_ids
+    return "patched"
+
+
+PATCHES: dict[str, Callable] = {
+    "verl.models.transformers.qwen2_vl": patch_qwen2_vl,
+    "verl.utils.tensordict_utils": patch_tensordict_utils,
+}
 
 
 def _apply(module) -> None:

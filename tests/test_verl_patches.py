@@ -156,6 +156,53 @@ def test_import_verl_installs_the_fix_before_verls_module_is_used():
     assert out.stdout.strip() == "True"
 
 
+def equal_length_position_ids():
+    """A batch of two Qwen-VL samples of one length L=3: (4, L) position ids each, packed as
+    verl's TransferQueue packs them (torch then takes the 4 as the ragged dim)."""
+    from tensordict import TensorDict
+
+    rows = [torch.arange(12).view(4, 3), torch.arange(12).view(4, 3) + 100]
+    nested = torch.nested.as_nested_tensor(rows, layout=torch.jagged)
+    return rows, TensorDict({"position_ids": nested}, batch_size=[2])
+
+
+def test_verls_position_ids_fix_breaks_a_batch_of_equal_lengths_and_the_plugins_does_not():
+    from verl.utils import tensordict_utils
+
+    original = inspect.unwrap(tensordict_utils.maybe_fix_3d_position_ids)
+    assert original is verl_patches.fix_3d_position_ids  # import verl installed the fix
+    rows, td = equal_length_position_ids()
+    # verl 0.9.1's function is this one line (its module's source, as it ships):
+    assert verl_patches._RAGGED_TO_2 in inspect.getsource(tensordict_utils)
+    td["position_ids"]._ragged_idx = 2
+    with pytest.raises(RuntimeError):
+        td["position_ids"].unbind()
+    rows, td = equal_length_position_ids()
+    verl_patches.fix_3d_position_ids(td)
+    assert [tuple(t.shape) for t in td["position_ids"].unbind()] == [(4, 3), (4, 3)]
+    assert all(bool((a == b).all()) for a, b in zip(td["position_ids"].unbind(), rows, strict=True))
+    # Rows of different lengths: L is already ragged; the fix only restores the index, as verl's.
+    from tensordict import TensorDict
+
+    mixed = [torch.arange(12).view(4, 3), torch.arange(16).view(4, 4)]
+    td = TensorDict({"position_ids": torch.nested.as_nested_tensor(mixed, layout=torch.jagged)}, batch_size=[2])
+    verl_patches.fix_3d_position_ids(td)
+    assert [tuple(t.shape) for t in td["position_ids"].unbind()] == [(4, 3), (4, 4)]
+
+
+def test_import_verl_fixes_position_ids_where_verls_workers_bind_it():
+    code = (
+        "import verl\n"
+        "from verl.workers import engine_workers\n"
+        "from verl.workers.engine import base\n"
+        "from perception_r1_verl.verl_patches import fix_3d_position_ids as fix\n"
+        "print(engine_workers.maybe_fix_3d_position_ids is fix, base.maybe_fix_3d_position_ids is fix)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True"
+
+
 def test_on_import_patches_a_module_when_it_executes_and_at_once_when_already_imported(tmp_path, monkeypatch):
     (tmp_path / "pr1_patch_target.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -132,45 +132,9 @@ class PlatformCPU(PlatformBase):
         return None
 
 
-def fix_3d_position_ids(data) -> None:
-    """verl's ``maybe_fix_3d_position_ids``, also right for a batch of equal-length rows.
-
-    WORKAROUND of a verl 0.9.1 defect, not CPU-specific; belongs in the package's
-    verl_patches (see the e2e report). Each sample's Qwen-VL position ids are (4, L);
-    TransferQueue packs a batch with ``torch.nested.as_nested_tensor(rows, layout=jagged)``.
-    When every L differs torch makes L the ragged dim, pickling loses ``_ragged_idx`` and
-    verl's fix (utils/tensordict_utils.py) sets it back to 2. When every row has the same
-    L (same image size, every response cut at max length) torch takes the 4 as the ragged
-    dim instead (offsets 0, 4, 8, ...), verl's fix still sets 2, and the mini-batch split
-    dies in ``unbind``: "split_with_sizes expects split_sizes to sum exactly to L".
-
-    >>> import torch
-    >>> from tensordict import TensorDict
-    >>> rows = [torch.arange(12).view(4, 3), torch.arange(12).view(4, 3) + 100]
-    >>> td = TensorDict({"position_ids": torch.nested.as_nested_tensor(rows, layout=torch.jagged)}, batch_size=[2])
-    >>> fix_3d_position_ids(td)
-    >>> [tuple(t.shape) for t in td["position_ids"].unbind()], bool((td["position_ids"].unbind()[1] == rows[1]).all())
-    ([(4, 3), (4, 3)], True)
-    """
-    from verl.utils.tensordict_utils import nested_tensor_from_tensor_list
-
-    if "position_ids" not in data.keys():
-        return
-    position_ids = data["position_ids"]
-    if not (position_ids.is_nested and position_ids.dim() == 3):
-        return
-    offsets, values = position_ids.offsets(), position_ids.values()
-    if position_ids._ragged_idx == 1 and values.shape[0] == int(offsets[-1]):
-        rows = [values[int(a) : int(b)] for a, b in zip(offsets[:-1], offsets[1:])]
-        data["position_ids"] = nested_tensor_from_tensor_list(rows, ragged_idx=2)
-    else:
-        position_ids._ragged_idx = 2
-
-
 def _patch_verl() -> None:
     import torch.distributed.fsdp as fsdp
     import verl.utils.distributed as distributed
-    import verl.utils.tensordict_utils as tensordict_utils
 
     # utils/distributed.py `initialize_global_process_group_ray`: the default backend
     # f"cpu:gloo,{device}:{backend}" reads "cpu:gloo,cpu:gloo" here, which torch rejects.
@@ -188,9 +152,6 @@ def _patch_verl() -> None:
             super().__init__(pin_memory=False)
 
     fsdp.CPUOffloadPolicy = CPUOffloadPolicy
-
-    # Bound by name in workers/engine_workers.py and workers/engine/base.py, imported later.
-    tensordict_utils.maybe_fix_3d_position_ids = fix_3d_position_ids
 
     # workers/engine/fsdp/transformer_impl.py registers the FSDP engines for devices
     # ["cuda", "npu"]; EngineRegistry.get_engine_cls takes VERL_ENGINE_DEVICE as the key.
