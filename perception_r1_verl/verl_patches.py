@@ -28,6 +28,14 @@ dim, pickling loses ``_ragged_idx`` and verl sets it back to 2. When every row h
 as the ragged dim; verl still sets 2, and splitting the batch into mini-batches dies
 ("split_with_sizes expects split_sizes to sum exactly to L"). The fix rebuilds such a
 batch with ``L`` ragged, and otherwise does what verl does.
+
+**The training-data iterator outliving the run** (verl 0.9.1
+``verl/trainer/ppo/v1/trainer_base.py``: ``_fetch_one_gen_batch`` keeps
+``self.train_dataloader_it``, and ``fit`` returns without releasing it). Its
+``data.dataloader_num_workers`` worker processes stay alive after the last step; when Ray
+ends the TaskRunner it kills them first, and the TaskRunner's torch SIGCHLD handler reports
+"DataLoader worker (pid ...) is killed by signal" at the end of a run that succeeded. The
+fix shuts the iterator's workers down when ``fit`` returns or raises.
 """
 
 from __future__ import annotations
@@ -173,9 +181,44 @@ def patch_tensordict_utils(module) -> str:
     return "patched"
 
 
+def releasing_train_iterator(fit: Callable) -> Callable:
+    """``fit`` that shuts down the workers of ``self.train_dataloader_it`` when it ends."""
+
+    @functools.wraps(fit)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fit(self, *args, **kwargs)
+        finally:
+            iterator, self.train_dataloader_it = getattr(self, "train_dataloader_it", None), None
+            shutdown = getattr(iterator, "_shutdown_workers", None)  # a multi-process iterator
+            if shutdown is not None:
+                shutdown()
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def patch_trainer_base(module) -> str:
+    """Make ``module.PPOTrainer.fit`` (``verl.trainer.ppo.v1.trainer_base``) release the
+    training-data iterator; returns what was done. Raises ``RuntimeError`` where its source
+    is unexpected."""
+    import inspect
+
+    trainer = module.PPOTrainer
+    if getattr(trainer.fit, _MARK, False):
+        return "already patched"
+    if "self.train_dataloader_it = iter(" not in inspect.getsource(trainer._fetch_one_gen_batch):
+        raise RuntimeError(f"{module.__name__}.PPOTrainer keeps no train_dataloader_it")
+    if "train_dataloader_it" in inspect.getsource(trainer.fit):
+        return "not needed: verl's fit handles the iterator itself"
+    trainer.fit = releasing_train_iterator(trainer.fit)  # subclasses inherit fit (verl 0.9.1)
+    return "patched"
+
+
 PATCHES: dict[str, Callable] = {
     "verl.models.transformers.qwen2_vl": patch_qwen2_vl,
     "verl.utils.tensordict_utils": patch_tensordict_utils,
+    "verl.trainer.ppo.v1.trainer_base": patch_trainer_base,
 }
 
 

@@ -221,3 +221,75 @@ def test_on_import_patches_a_module_when_it_executes_and_at_once_when_already_im
     assert seen == [1, 2] and import_hooks._finder.patches["pr1_patch_target"] == [patch]
     monkeypatch.delitem(sys.modules, "pr1_patch_target")
     del import_hooks._finder.patches["pr1_patch_target"]
+
+
+class _Prompts(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"raw_prompt": f"prompt {i}", "input_ids": torch.tensor([i])}
+
+
+def _collate(rows):
+    return {"raw_prompt": [r["raw_prompt"] for r in rows], "input_ids": torch.stack([r["input_ids"] for r in rows])}
+
+
+def test_fit_releases_the_training_data_workers_verls_fetch_keeps_alive():
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from verl.trainer.ppo.v1 import trainer_base
+
+    trainer_cls = trainer_base.PPOTrainer
+    assert getattr(trainer_cls.fit, "_perception_verl_patch", False)  # import verl installed the fix
+
+    iterators = []
+
+    def fit(self):  # what verl's fit does with the data: batches through verl's own fetch
+        trainer_cls._fetch_one_gen_batch(self)
+        trainer_cls._fetch_one_gen_batch(self)
+        iterators.append(self.train_dataloader_it)
+
+    trainer = types.SimpleNamespace(
+        train_dataloader=StatefulDataLoader(_Prompts(), batch_size=2, num_workers=2, collate_fn=_collate),
+        train_dataloader_it=None,
+    )
+    fit(trainer)  # verl's own behaviour: the iterator and its worker processes outlive fit
+    kept = trainer.train_dataloader_it
+    assert kept is iterators[0] and len(kept._workers) == 2 and all(w.is_alive() for w in kept._workers)
+    kept._shutdown_workers()
+
+    trainer.train_dataloader_it = None
+    verl_patches.releasing_train_iterator(fit)(trainer)
+    assert trainer.train_dataloader_it is None
+    assert not any(w.is_alive() for w in iterators[1]._workers)
+
+
+def test_fit_releases_the_workers_when_it_raises():
+    closed = []
+    iterator = types.SimpleNamespace(_shutdown_workers=lambda: closed.append(True))
+
+    def fit(self):
+        self.train_dataloader_it = iterator
+        raise RuntimeError("step failed")
+
+    trainer = types.SimpleNamespace(train_dataloader_it=None)
+    with pytest.raises(RuntimeError, match="step failed"):
+        verl_patches.releasing_train_iterator(fit)(trainer)
+    assert closed == [True] and trainer.train_dataloader_it is None
+
+
+class _TrainerThatReleases:
+    def _fetch_one_gen_batch(self):
+        self.train_dataloader_it = iter(self.train_dataloader)
+
+    def fit(self):
+        self._fetch_one_gen_batch()
+        self.train_dataloader_it = None
+
+
+def test_a_verl_whose_fit_releases_the_iterator_is_left_alone():
+    module = types.ModuleType("verl.trainer.ppo.v1.trainer_base")
+    module.PPOTrainer = _TrainerThatReleases
+    fit = _TrainerThatReleases.fit
+    assert verl_patches.patch_trainer_base(module).startswith("not needed")
+    assert _TrainerThatReleases.fit is fit
