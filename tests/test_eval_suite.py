@@ -22,6 +22,7 @@ import pytest
 from perception_r1_verl.data.sample import make_sample_sources
 from perception_r1_verl.eval import cli, paper
 from perception_r1_verl.eval import generate as gen
+from perception_r1_verl.eval.dataset import read_responses, read_split
 from perception_r1_verl.eval.score import format_value
 from perception_r1_verl.eval.suite import BENCHMARKS, SuiteError, run_suite
 
@@ -293,3 +294,47 @@ def test_split_without_rows_is_reported_empty(setup, tmp_path, counted):
     assert "- refcoco/val: empty: no row converted; see " in (tmp_path / "out" / "suite.md").read_text()
     with pytest.raises(SuiteError, match="limit must be positive"):
         run_suite(model, empty, tmp_path / "out", limit=0)
+
+
+def test_interrupted_generation_resumes_with_only_the_missing_rows(setup, tmp_path, monkeypatch):
+    """A run stopped (Ctrl-C) in the middle of a split; the rerun generates the rows not written, once each."""
+    model, root = setup
+    calls = {"n": 0, "stop_at": 4}  # batch size 1: val's 2 rows, testA's first, then stop
+    real = gen.TransformersEngine.generate
+
+    def interruptible(self, prompts, images):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return real(self, prompts, images)
+
+    monkeypatch.setattr(gen.TransformersEngine, "generate", interruptible)
+    out = tmp_path / "suite"
+    kwargs = {
+        "benchmarks": "refcoco",
+        "limit": 2,
+        "backend": "transformers",
+        "batch_size": 1,
+        "max_new_tokens": 4,
+        "device": "cpu",
+        "progress": False,
+        "log": lambda _: None,
+    }
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(model, root, out, **kwargs)
+    responses = {s: out / "refcoco" / s / "responses.jsonl" for s in ("val", "testA", "testB")}
+    before = {s: p.read_bytes() if p.exists() else b"" for s, p in responses.items()}
+    assert [len(before[s].splitlines()) for s in responses] == [2, 1, 0]
+    assert not (out / "suite.json").exists()
+
+    calls.update(n=0, stop_at=None)
+    table = run_suite(model, root, out, **kwargs)
+    assert calls["n"] == 3  # testA's second row and testB's two: nothing written is redone
+    assert table["counts"] == {"scored": 3}
+    for split, path in responses.items():
+        after = path.read_bytes()
+        assert after.startswith(before[split])  # earlier answers kept as they were
+        written, unused = read_responses(path)
+        indices = [s.index for s in read_split(out / "refcoco" / split / "data.parquet")]
+        assert unused == {"bad_lines": 0, "duplicates": 0}  # each row answered exactly once
+        assert len(after.splitlines()) == len(indices) == 2 and set(written) == set(indices)
