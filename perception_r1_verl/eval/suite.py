@@ -53,7 +53,7 @@ from ..data.page_ocr import convert_page_ocr
 from ..data.pixmo_count import convert_pixmo_count
 from ..data.refcoco import convert_refcoco
 from . import generate as gen
-from .paper import CITATION, LOWER_IS_BETTER, TABLES, format_paper, paper_values
+from .paper import CITATION, LOWER_IS_BETTER, TABLES, format_paper, metric_value, paper_values
 from .score import format_value, score
 
 # Converter options that change the rows: a prepared split made with others is not reused.
@@ -319,7 +319,7 @@ def run_suite(
     text = json.dumps(table, indent=2) + "\n"
     (out / "suite.json").write_text(text)
     (out / "suite.md").write_text(suite_markdown(table))
-    return json.loads(text)  # exactly suite.json (a paper range is a list there)
+    return json.loads(text)  # exactly suite.json
 
 
 def table_rows(results: list[SplitResult]) -> list[dict]:
@@ -343,7 +343,7 @@ def table_rows(results: list[SplitResult]) -> list[dict]:
                             "metric": metric,
                             "status": r.status,
                             "n": r.n,
-                            "value": r.metrics.get(metric),
+                            "value": metric_value(r.metrics, metric),
                             "paper_baseline": baseline,
                             "paper_perception_r1": ours_paper,
                         }
@@ -376,7 +376,7 @@ def suite_markdown(table: dict) -> str:
         "",
         f"Model family `{table['model_family']}`, data from `{table['dataset_root']}`. Values in %; "
         f"edit distance is lower-is-better. Paper columns: {CITATION}, Tables 1-3 "
-        "(`-`: not transcribed).",
+        "(`-`: the paper gives no number).",
         "",
     ]
     if table["limit"]:
