@@ -84,7 +84,7 @@ class ColorMetric(metrics.Metric):
 
 @pytest.fixture
 def color_task():
-    """"color" in the reward, prompt and metric registries, for one test only."""
+    """The task "color" in the reward, prompt and metric registries, for one test only."""
     rewards.register("color")(ColorReward)
     register_prompt("color")(color_prompt)
     metrics.register("color")(ColorMetric)
