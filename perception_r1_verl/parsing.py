@@ -582,7 +582,8 @@ def _fmt(v: float) -> str:
 
 
 def render_answer(task: str, ground_truth: dict, model_family: str, think: bool = False) -> str:
-    """The exact answer a perfect model gives for ``ground_truth`` (a parsed contract dict).
+    """The exact answer a perfect model gives for ``ground_truth`` (a parsed contract dict):
+    the ``render_answer`` of the task's reward class (``rewards.REWARDS``).
 
     Qwen2-VL answers with box tokens, Qwen2.5-VL and Qwen3-VL with JSON; "no objects" is
     ``[]`` in every family; counting answers with points (box tokens: degenerate boxes),
@@ -595,31 +596,36 @@ def render_answer(task: str, ground_truth: dict, model_family: str, think: bool 
     >>> render_answer("ocr", {"text": "Hello"}, "qwen2_vl", think=True)
     '<think>\\n</think>\\n<answer>Hello</answer>'
     """
-    if task == "ocr":
-        body = ground_truth["text"]
-    else:
-        if task == "grounding":
-            items = [{"bbox_2d": ground_truth["bbox_2d"]}]
-        elif task == "detection":
-            items = distinct_boxes(ground_truth["objects"])
-        elif task == "counting":
-            items = [{"point_2d": p} for p in ground_truth.get("points") or _diagonal(ground_truth)]
-        else:
-            raise ValueError(f"unknown task {task!r}")
-        if model_family == "qwen2_vl" and items:  # box tokens have no empty list: "[]" is the answer
-            body = "".join(_render_box_token(item) for item in items)
-        else:
-            rows = ", ".join(_render_json_item(item) for item in items)
-            body = f"```json\n[{rows}]\n```"
+    # At call time: the reward classes import this module to parse completions.
+    from perception_r1_verl.rewards import get_reward_cls
+
+    return get_reward_cls(task).render_answer(ground_truth, model_family, think)
+
+
+def render_text(body: str, think: bool = False) -> str:
+    """``body`` as the whole answer: in think/answer tags when the prompt asks for thinking.
+
+    >>> render_text("Hello"), render_text("Hello", think=True)
+    ('Hello', '<think>\\n</think>\\n<answer>Hello</answer>')
+    """
     return f"<think>\n</think>\n<answer>{body}</answer>" if think else body
 
 
-def _diagonal(ground_truth: dict) -> list:
-    """``count`` points along the frame's diagonal, for count-only ground truth (any
-    positions score the maximum there: without true points only the count is scored)."""
-    n = ground_truth["count"]
-    w, h = ground_truth.get("frame") or (1000, 1000)
-    return [[round(w * (i + 1) / (n + 1)), round(h * (i + 1) / (n + 1))] for i in range(n)]
+def render_items(items: list[dict], model_family: str, think: bool = False) -> str:
+    """``bbox_2d`` / ``point_2d`` items (``label`` optional) as ``model_family`` writes them:
+    box tokens for Qwen2-VL, a fenced JSON list otherwise; no items is ``[]`` in both.
+
+    >>> render_items([{"point_2d": [5, 6]}], "qwen2_5_vl")
+    '```json\\n[{"point_2d": [5, 6]}]\\n```'
+    >>> render_items([{"point_2d": [5, 6]}], "qwen2_vl"), render_items([], "qwen2_vl")
+    ('<|box_start|>(5,6),(5,6)<|box_end|>', '```json\\n[]\\n```')
+    """
+    if model_family == "qwen2_vl" and items:  # box tokens have no empty list: "[]" is the answer
+        body = "".join(_render_box_token(item) for item in items)
+    else:
+        rows = ", ".join(_render_json_item(item) for item in items)
+        body = f"```json\n[{rows}]\n```"
+    return render_text(body, think)
 
 
 def _render_json_item(item: dict) -> str:

@@ -10,12 +10,27 @@ with the ``<image>`` placeholder that verl's ``RLHFDataset`` replaces with the i
 
 from __future__ import annotations
 
-from perception_r1_verl.frames import check_family
+from typing import NamedTuple
 
-TASKS = ("grounding", "counting", "ocr", "detection")
+from perception_r1_verl.frames import check_family
+from perception_r1_verl.registry import Registry
+
 IMAGE_TOKEN = "<image>"
 THINK_INSTRUCTION = " Output the thinking process in <think> </think> and the final answer in <answer> </answer> tags."
 _JSON_SUFFIX = " Output in JSON format."
+
+
+class PromptFields(NamedTuple):
+    """What a row's prompt may name; each task's builder uses the fields it needs."""
+
+    expression: str | None = None
+    label: str | None = None
+    categories: list[str] | None = None
+
+
+# Task name -> builder(fields, json_family) -> the instruction (without <image> and thinking).
+PROMPTS = Registry("prompt")
+register_prompt = PROMPTS.register
 
 
 def prompt_text(
@@ -27,7 +42,7 @@ def prompt_text(
     categories: list[str] | None = None,
     think: bool = False,
 ) -> str:
-    """The user turn for one sample (``<image>`` followed by the instruction).
+    """The user turn for one sample (``<image>`` followed by the task's instruction).
 
     >>> prompt_text("grounding", "qwen2_vl", expression="man in red")
     '<image>Output the bounding box of the man in red in the image.'
@@ -39,23 +54,32 @@ def prompt_text(
     '<image>OCR this image. Output '
     """
     json_family = check_family(model_family) != "qwen2_vl"
-    if task == "grounding":
-        text = f"Output the bounding box of the {_required(expression, 'expression')} in the image."
-        text += _JSON_SUFFIX if json_family else ""
-    elif task == "counting":
-        # The paper's text has no final period; it reads better with one and the model
-        # does not care.
-        text = f"Output all the bounding boxes of the {_required(label, 'label')}."
-        text += _JSON_SUFFIX if json_family else ""
-    elif task == "detection":
-        # Qwen2.5-VL emits JSON for this sentence by itself (it is its grounding prompt).
-        names = ", ".join(_required(categories, "categories"))
-        text = f"Please output bbox coordinates and names of {names}."
-    elif task == "ocr":
-        text = "OCR this image."
-    else:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    text = PROMPTS.lookup(task)(PromptFields(expression, label, categories), json_family)
     return IMAGE_TOKEN + text + (THINK_INSTRUCTION if think else "")
+
+
+@register_prompt("grounding")
+def _grounding(fields: PromptFields, json_family: bool) -> str:
+    text = f"Output the bounding box of the {_required(fields.expression, 'expression')} in the image."
+    return text + (_JSON_SUFFIX if json_family else "")
+
+
+@register_prompt("counting")
+def _counting(fields: PromptFields, json_family: bool) -> str:
+    # The paper's text has no final period; it reads better with one and the model does not care.
+    text = f"Output all the bounding boxes of the {_required(fields.label, 'label')}."
+    return text + (_JSON_SUFFIX if json_family else "")
+
+
+@register_prompt("detection")
+def _detection(fields: PromptFields, json_family: bool) -> str:
+    # Qwen2.5-VL emits JSON for this sentence by itself (it is its grounding prompt).
+    return f"Please output bbox coordinates and names of {', '.join(_required(fields.categories, 'categories'))}."
+
+
+@register_prompt("ocr")
+def _ocr(fields: PromptFields, json_family: bool) -> str:
+    return "OCR this image."
 
 
 def chat(text: str) -> list[dict]:

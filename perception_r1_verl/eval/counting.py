@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..parsing import Answer
+from .drawing import GT_COLOR, draw_points
+from .registry import BoxMetric, register
 
 
 def sample_counting(answer: Answer, gt: dict) -> dict:
@@ -33,3 +35,17 @@ def summarize_counting(records: list[dict]) -> dict:
     pred = np.array([r["pred_count"] for r in records])
     target = np.array([r["gt_count"] for r in records])
     return {"Acc": float(np.mean(pred == target)), "MAE": float(np.mean(np.abs(pred - target)))}
+
+
+@register("counting")
+class CountingMetric(BoxMetric):
+    case_fields = ("pred_count", "gt_count")
+
+    sample = staticmethod(sample_counting)
+    summarize = staticmethod(summarize_counting)
+
+    def n_truth(self, gt):
+        return int(gt.get("count", len(gt.get("points") or [])))
+
+    def draw_truth(self, draw, gt, to_image, width):
+        draw_points(draw, [to_image(p) for p in gt.get("points") or []], GT_COLOR, 2 * width)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,8 @@ import orjson
 from ..frames import row_frame, to_pixels
 from ..labels import normalise_label
 from ..parsing import Answer
+from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
+from .registry import Metric, Scored, register
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -305,3 +308,84 @@ def f1(tp: int, fp: int, fn: int) -> float:
     """
     total = 2 * tp + fp + fn
     return 2 * tp / total if total else 1.0
+
+
+@register("detection")
+class DetectionMetric(Metric):
+    """COCO evaluation of the whole split at once; a case's ``score`` is its image's F1."""
+
+    boxes = True
+    case_fields = ("tp", "fp", "fn", "n_pred")
+
+    def evaluate(self, samples, answers, metrics, options):
+        annotations = options.annotations
+        gt = from_annotations(annotations, samples) if annotations is not None else from_split(samples)
+        detections, unknown, per_sample = [], Counter(), []
+        for s, a in zip(samples, answers, strict=True):
+            dets, bad = detections_of(s, a, gt)
+            detections.extend(dets)
+            unknown.update(str(label) for label in bad)
+            per_sample.append(len(dets))
+        # detections.json is exactly what was evaluated: copy before loadRes adds its keys.
+        written = [dict(d) for d in detections]
+        values, summary, evaluator = coco_evaluate(gt.coco, detections, gt.image_of.values())
+        counts = per_image_f1(evaluator)
+        records = []
+        for s, n_det in zip(samples, per_sample, strict=True):
+            tp, fp, fn = counts[gt.image_of[s.index]]
+            records.append(
+                {
+                    "index": s.index,
+                    "group": s.group,
+                    "score": f1(tp, fp, fn),
+                    "image_id": gt.image_of[s.index],
+                    "n_pred": n_det,
+                    "tp": tp,
+                    "fp": fp,
+                    "fn": fn,
+                }
+            )
+        metrics.update(values)
+        metrics.update(
+            {
+                "n_images": len(gt.image_of),
+                "n_detections": len(written),
+                "n_unknown_label": sum(unknown.values()),
+                "unknown_labels": dict(unknown.most_common(10)),
+                "score_rule": "1/(1+rank) by output order of the well-formed boxes",
+                "ground_truth": gt.source,
+            }
+        )
+        return Scored(self.task, metrics, records, written, summary, gt, list(gt.notes))
+
+    def n_truth(self, gt):
+        return len(gt.get("objects") or [])
+
+    def draw_truth(self, draw, gt, to_image, width):
+        objects = gt.get("objects") or []
+        draw_boxes(draw, [to_image(o["bbox_2d"]) for o in objects], GT_COLOR, width, [o.get("label") for o in objects])
+
+    def draw_case(self, draw, size, sample, record, response, scored, width):
+        # What COCOeval saw: its ground truth and the evaluated detections, in original pixels.
+        coco = scored.ground_truth.coco
+        names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+        info = sample.extra_info
+        sx, sy = size[0] / info["image_size"][0], size[1] / info["image_size"][1]
+
+        def xyxy(b):
+            return [b[0] * sx, b[1] * sy, (b[0] + b[2]) * sx, (b[1] + b[3]) * sy]
+
+        anns = coco.imgToAnns.get(record["image_id"], [])
+        draw_boxes(draw, [xyxy(a["bbox"]) for a in anns], GT_COLOR, width, [names[a["category_id"]] for a in anns])
+        dets = [d for d in scored.detections if d["image_id"] == record["image_id"]]
+        draw_boxes(
+            draw,
+            [xyxy(d["bbox"]) for d in dets],
+            PRED_COLOR,
+            width,
+            [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets],
+            bottom=True,
+        )
+
+    def case_note(self, sample, record, response):
+        return ""  # the drawn detections are the answer

@@ -14,6 +14,8 @@ import numpy as np
 from ..boxes import iou
 from ..frames import clip_box
 from ..parsing import Answer
+from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
+from .registry import BoxMetric, register
 
 THRESHOLDS = (0.5, 0.75, 0.95)
 
@@ -49,3 +51,21 @@ def summarize_grounding(records: list[dict], thresholds=THRESHOLDS) -> dict:
     out["mIoU"] = float(ious.mean())
     out["CenterAcc"] = float(np.mean([r["center_hit"] for r in records]))
     return out
+
+
+@register("grounding")
+class GroundingMetric(BoxMetric):
+    case_fields = ("iou", "center_hit")
+
+    sample = staticmethod(sample_grounding)
+    summarize = staticmethod(summarize_grounding)
+
+    def n_truth(self, gt):
+        return 1
+
+    def draw_truth(self, draw, gt, to_image, width):
+        draw_boxes(draw, [to_image(gt["bbox_2d"])], GT_COLOR, width)
+
+    def draw_prediction(self, draw, sample, record, response, to_image, width):
+        if record.get("pred_box"):  # the scored box: the first well-formed one, clipped
+            draw_boxes(draw, [to_image(record["pred_box"])], PRED_COLOR, width)

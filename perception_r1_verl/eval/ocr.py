@@ -28,7 +28,9 @@ warning saying this; every other metric is unaffected.
 
 from __future__ import annotations
 
+import difflib
 import functools
+import html
 import os
 import re
 import shutil
@@ -40,6 +42,7 @@ import numpy as np
 
 from ..parsing import Answer
 from ..rewards.ocr import edit_similarity
+from .registry import Metric, register
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _CHAR_TOKENS = re.compile(r"[\u4e00-\u9fff]|[^\s\u4e00-\u9fff]+")
@@ -257,3 +260,49 @@ def summarize_ocr(records: list[dict]) -> dict:
         group = [r for r in records if r["lang"] == lang]
         out["by_language"][lang] = {"n_samples": len(group), **_means(group)}
     return out
+
+
+def text_diff(pred: str, reference: str) -> str:
+    """HTML diff of ``pred`` against ``reference`` by words (English) or characters (Chinese).
+
+    >>> text_diff("the cat sat", "the dog sat")
+    'the <del>dog</del> <ins>cat</ins> sat'
+    """
+    by_char = language(reference) == "zh"
+    a = list(reference) if by_char else reference.split()
+    b = list(pred) if by_char else pred.split()
+    sep = "" if by_char else " "
+    parts = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(html.escape(sep.join(a[i1:i2])))
+            continue
+        if i2 > i1:
+            parts.append(f"<del>{html.escape(sep.join(a[i1:i2]))}</del>")
+        if j2 > j1:
+            parts.append(f"<ins>{html.escape(sep.join(b[j1:j2]))}</ins>")
+    return sep.join(parts)
+
+
+@register("ocr")
+class OCRMetric(Metric):
+    """Free text: no answer style to miss, nothing drawn; cases show the diff."""
+
+    case_fields = ("edit_distance", "F1", "BLEU")
+    summarize = staticmethod(summarize_ocr)
+
+    def scorer(self, options, metrics, warnings):
+        zh_tokenizer = resolve_zh_tokenizer(options.zh_tokenizer)
+        wordnet = find_wordnet()
+        if wordnet is None:
+            warnings.append(f"METEOR not computed: {METEOR_HELP}")
+        metrics["zh_tokenizer"] = zh_tokenizer
+        return functools.partial(sample_ocr, zh_tokenizer=zh_tokenizer, wordnet=wordnet)
+
+    def case_note(self, sample, record, response):
+        return f'<div class="diff">{text_diff(record["pred_text"], sample.ground_truth["text"])}</div>'
+
+    def rollout_note(self, answer, gt):
+        if "text" not in gt:
+            return ""
+        return f'<div class="text">{text_diff(answer.text, gt["text"])}</div>'

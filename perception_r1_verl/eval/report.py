@@ -10,22 +10,16 @@ struck-through red is missing from the prediction, green is extra.
 
 from __future__ import annotations
 
-import base64
-import difflib
 import html
 from io import BytesIO
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ..frames import row_frame, to_pixels
-from ..parsing import parse_answer
 from .dataset import read_images
-from .ocr import language
-from .score import format_value, metric_names
-
-GT_COLOR, PRED_COLOR = (0, 200, 0), (230, 0, 0)
-THUMB = 640  # longest side of the drawn image, pixels
+from .drawing import THUMB, img_tag
+from .metrics import get_metric
+from .registry import format_value, metric_names
 
 _CSS = """
 body{font-family:sans-serif;margin:1em}h2{margin-top:1.5em}
@@ -37,102 +31,23 @@ del{background:#fdd;color:#a00}ins{background:#dfd;color:#060;text-decoration:no
 """
 
 
-def _draw_boxes(draw, boxes, color, width, labels=None, bottom=False):
-    """Boxes with their labels inside the top-left corner (bottom-left when ``bottom``)."""
-    for i, box in enumerate(boxes):
-        draw.rectangle(box, outline=color, width=width)
-        if labels and labels[i]:
-            y = box[3] - width - 12 if bottom else box[1] + width
-            draw.text((box[0] + width, y), str(labels[i]), fill=color)
-
-
-def _draw_points(draw, points, color, radius):
-    for x, y in points:
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], outline=color, width=max(1, radius // 2))
-
-
 def draw_case(image: Image.Image, sample, record: dict, response: str, scored) -> Image.Image:
-    """``image`` with the ground truth (green) and the prediction (red) of one case."""
+    """``image`` with the ground truth (green) and the prediction (red) of one case, as
+    the task's metric draws them."""
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
-    gt = sample.ground_truth
-    if scored.task in ("grounding", "counting"):
-        frame = row_frame(gt, sample.extra_info)
-
-        def to_image(coords):
-            return to_pixels(coords, frame, image.size)
-
-    if scored.task == "grounding":
-        _draw_boxes(draw, [to_image(gt["bbox_2d"])], GT_COLOR, width)
-        if record.get("pred_box"):
-            _draw_boxes(draw, [to_image(record["pred_box"])], PRED_COLOR, width)
-    elif scored.task == "counting":
-        answer = parse_answer(response, think=sample.think)
-        _draw_points(draw, [to_image(p) for p in gt.get("points") or []], GT_COLOR, 2 * width)
-        _draw_boxes(draw, [to_image(b) for b in answer.boxes.tolist()], PRED_COLOR, width)
-        _draw_points(draw, [to_image(p) for p in answer.points.tolist()], PRED_COLOR, 3 * width)
-    elif scored.task == "detection":
-        coco = scored.ground_truth.coco
-        names = {c["id"]: c["name"] for c in coco.dataset["categories"]}
-        info = sample.extra_info
-        sx, sy = image.size[0] / info["image_size"][0], image.size[1] / info["image_size"][1]
-
-        def xyxy(b):
-            return [b[0] * sx, b[1] * sy, (b[0] + b[2]) * sx, (b[1] + b[3]) * sy]
-
-        anns = coco.imgToAnns.get(record["image_id"], [])
-        _draw_boxes(draw, [xyxy(a["bbox"]) for a in anns], GT_COLOR, width, [names[a["category_id"]] for a in anns])
-        dets = [d for d in scored.detections if d["image_id"] == record["image_id"]]
-        _draw_boxes(
-            draw,
-            [xyxy(d["bbox"]) for d in dets],
-            PRED_COLOR,
-            width,
-            [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets],
-            bottom=True,
-        )
+    get_metric(scored.task).draw_case(draw, image.size, sample, record, response, scored, width)
     image.thumbnail((THUMB, THUMB))
     return image
 
 
-def text_diff(pred: str, reference: str) -> str:
-    """HTML diff of ``pred`` against ``reference`` by words (English) or characters (Chinese).
-
-    >>> text_diff("the cat sat", "the dog sat")
-    'the <del>dog</del> <ins>cat</ins> sat'
-    """
-    by_char = language(reference) == "zh"
-    a = list(reference) if by_char else reference.split()
-    b = list(pred) if by_char else pred.split()
-    sep = "" if by_char else " "
-    parts = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            parts.append(html.escape(sep.join(a[i1:i2])))
-            continue
-        if i2 > i1:
-            parts.append(f"<del>{html.escape(sep.join(a[i1:i2]))}</del>")
-        if j2 > j1:
-            parts.append(f"<ins>{html.escape(sep.join(b[j1:j2]))}</ins>")
-    return sep.join(parts)
-
-
-def _img_tag(image: Image.Image) -> str:
-    buf = BytesIO()
-    image.save(buf, format="JPEG", quality=85)
-    return f'<img src="data:image/jpeg;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
 def _meta(task: str, record: dict) -> str:
-    keys = {
-        "grounding": ("iou", "center_hit"),
-        "counting": ("pred_count", "gt_count"),
-        "ocr": ("edit_distance", "F1", "BLEU"),
-        "detection": ("tp", "fp", "fn", "n_pred"),
-    }[task]
     fields = [f"index {record['index']}", f"score {record['score']:.3f}"]
-    fields += [f"{k} {record[k]:.3f}" if isinstance(record[k], float) else f"{k} {record[k]}" for k in keys]
+    fields += [
+        f"{k} {record[k]:.3f}" if isinstance(record[k], float) else f"{k} {record[k]}"
+        for k in get_metric(task).case_fields
+    ]
     return html.escape(" | ".join(fields))
 
 
@@ -141,11 +56,8 @@ def _case_html(sample, record, response, images, scored) -> str:
     cell = images.get(sample.row) or []
     if cell and cell[0].get("bytes"):
         image = Image.open(BytesIO(cell[0]["bytes"]))
-        parts.append(_img_tag(draw_case(image, sample, record, response, scored)))
-    if scored.task == "ocr":
-        parts.append(f'<div class="diff">{text_diff(record["pred_text"], sample.ground_truth["text"])}</div>')
-    elif scored.task != "detection":
-        parts.append(f'<div class="meta">response: {html.escape(response[:300])}</div>')
+        parts.append(img_tag(draw_case(image, sample, record, response, scored)))
+    parts.append(get_metric(scored.task).case_note(sample, record, response))
     return "".join(parts) + "</div>"
 
 

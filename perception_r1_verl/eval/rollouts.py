@@ -54,7 +54,9 @@ from ..parsing import Answer, parse_answer
 from ..prompts import IMAGE_TOKEN
 from ..step_metrics import COUNTERS
 from .dataset import Sample, read_images
-from .report import _CSS, GT_COLOR, PRED_COLOR, THUMB, _draw_boxes, _draw_points, _img_tag, text_diff
+from .drawing import PRED_COLOR, THUMB, draw_boxes, draw_points, img_tag
+from .metrics import get_metric
+from .report import _CSS
 
 DUMP_NAME = re.compile(r"(\d+)\.jsonl")
 DEFAULT_LAST = 10  # steps shown when neither steps nor last is given
@@ -62,7 +64,6 @@ DEFAULT_LAST = 10  # steps shown when neither steps nor last is given
 SPAM_FACTOR, SPAM_MARGIN = 3, 5
 REPEAT_IOU = 0.9  # two answer boxes overlapping this much are one box repeated
 TEXT_LIMIT = 3000  # characters of a rollout's text shown
-BOX_TASKS = ("grounding", "counting", "detection")
 HACKS = {
     "box_spam": f"more than {SPAM_FACTOR}x the ground-truth objects and at least {SPAM_MARGIN} more",
     "repeated": f"two answer boxes overlap at IoU >= {REPEAT_IOU}, or a point is given twice",
@@ -334,18 +335,12 @@ class TrainRows:
 
 
 def n_truth(task: str, gt: dict) -> int:
-    """Objects in a ground truth (0 for OCR).
+    """Objects in a ground truth, as the task's metric counts them (0 for OCR).
 
     >>> n_truth("grounding", {"bbox_2d": [0, 0, 1, 1]}), n_truth("counting", {"count": 7, "points": []})
     (1, 7)
     """
-    if task == "grounding":
-        return 1
-    if task == "counting":
-        return int(gt.get("count", len(gt.get("points") or [])))
-    if task == "detection":
-        return len(gt.get("objects") or [])
-    return 0
+    return get_metric(task).n_truth(gt)
 
 
 def judge(task: str, answer: Answer, n_gt: int) -> dict[str, str]:
@@ -360,7 +355,7 @@ def judge(task: str, answer: Answer, n_gt: int) -> dict[str, str]:
     if not answer.text.strip():
         flags["empty"] = "no answer text"
         return flags
-    if task not in BOX_TASKS:
+    if not get_metric(task).boxes:  # free text: only the tags can be wrong
         if not answer.tags_ok:
             flags["unparsable"] = "think/answer tags not as asked"
         return flags
@@ -451,21 +446,14 @@ def draw_rollout(image: Image.Image, sample: Sample, answer: Answer) -> Image.Im
     image = image.convert("RGB")
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
-    frame = None if sample.task == "ocr" else row_frame(sample.ground_truth, sample.extra_info)
+    frame = row_frame(sample.ground_truth, sample.extra_info)
 
     def to_image(coords):
         return to_pixels(coords, frame, image.size)
 
-    _draw_boxes(draw, [to_image(b) for b in answer.boxes.tolist()], PRED_COLOR, 2 * width, answer.labels, bottom=True)
-    _draw_points(draw, [to_image(p) for p in answer.points.tolist()], PRED_COLOR, 3 * width)
-    gt = sample.ground_truth
-    if sample.task == "grounding":
-        _draw_boxes(draw, [to_image(gt["bbox_2d"])], GT_COLOR, width)
-    elif sample.task == "counting":
-        _draw_points(draw, [to_image(p) for p in gt.get("points") or []], GT_COLOR, 2 * width)
-    elif sample.task == "detection":
-        objects = gt.get("objects") or []
-        _draw_boxes(draw, [to_image(o["bbox_2d"]) for o in objects], GT_COLOR, width, [o.get("label") for o in objects])
+    draw_boxes(draw, [to_image(b) for b in answer.boxes.tolist()], PRED_COLOR, 2 * width, answer.labels, bottom=True)
+    draw_points(draw, [to_image(p) for p in answer.points.tolist()], PRED_COLOR, 3 * width)
+    get_metric(sample.task).draw_truth(draw, sample.ground_truth, to_image, width)
     image.thumbnail((THUMB, THUMB))
     return image
 
@@ -504,7 +492,7 @@ class _Pictures:
                 self.counts["missing_images"] += 1
             return '<div class="flags">image missing or unreadable in the parquet</div>'
         try:
-            return _img_tag(draw_rollout(image, sample, r.answer))
+            return img_tag(draw_rollout(image, sample, r.answer))
         except ValueError as e:  # a row without an answer frame: its boxes have no place
             self.counts["rows_without_frame"] += 1
             return f'<div class="flags">not drawn: {html.escape(str(e))}</div>'
@@ -532,10 +520,10 @@ def _case(r: Rollout, samples: dict, pictures: _Pictures) -> str:
     if r.flags:
         flags = "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in r.flags.items())
         parts.append(f'<div class="flags">{html.escape(flags)}</div>')
-    if r.task in BOX_TASKS:
+    metric = get_metric(r.task)
+    if metric.boxes:
         parts.append(pictures.tag(r, sample))
-    if r.task == "ocr" and "text" in sample.ground_truth:
-        parts.append(f'<div class="text">{text_diff(r.answer.text, sample.ground_truth["text"])}</div>')
+    parts.append(metric.rollout_note(r.answer, sample.ground_truth))
     parts.append(_text(r.output))
     return "".join(parts) + "</div>"
 
@@ -548,8 +536,10 @@ def sections(rollouts: list[Rollout], top_k: int) -> list[tuple[str, str, str, i
     """``(id, title, rule, total, shown)`` for every section of the page, in order."""
     matched = [r for r in rollouts if r.row is not None]
     out = []
-    for task in sorted({r.task for r in matched}):
-        mine = [r for r in matched if r.task == task]
+    by_task: dict[str, list[Rollout]] = {}
+    for r in matched:
+        by_task.setdefault(r.task, []).append(r)
+    for task, mine in sorted(by_task.items()):
         out.append((f"best-{task}", f"Best {task}", "highest score", len(mine), sorted(mine, key=_order_best)[:top_k]))
         worst = sorted(mine, key=lambda r: (r.score, -r.step, r.line))[:top_k]
         out.append((f"worst-{task}", f"Worst {task}", "lowest score", len(mine), worst))

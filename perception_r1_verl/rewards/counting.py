@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
-from ..parsing import parse_answer
+from ..parsing import parse_answer, render_items
 from .format import format_score
 from .registry import register
 
@@ -43,6 +43,21 @@ class CountingReward:
     @property
     def max_score(self) -> float:
         return self.count_weight + self.format_weight
+
+    @staticmethod
+    def render_answer(gt: dict, model_family: str, think: bool = False) -> str:
+        """The exact answer: one point per object, along the frame's diagonal for count-only
+        ground truth (any positions score the maximum there: only the count is scored).
+
+        >>> CountingReward.render_answer({"count": 2, "frame": [30, 60]}, "qwen2_5_vl")
+        '```json\\n[{"point_2d": [10, 20]}, {"point_2d": [20, 40]}]\\n```'
+        """
+        points = gt.get("points")
+        if not points:
+            n = gt["count"]
+            w, h = gt.get("frame") or (1000, 1000)
+            points = [[round(w * (i + 1) / (n + 1)), round(h * (i + 1) / (n + 1))] for i in range(n)]
+        return render_items([{"point_2d": p} for p in points], model_family, think)
 
     @staticmethod
     def prepare(gt: dict) -> tuple:

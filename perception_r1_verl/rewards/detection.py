@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from ..boxes import EPS, to_cxcywh
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
 from ..labels import normalise_label
-from ..parsing import distinct_boxes, parse_answer
+from ..parsing import distinct_boxes, parse_answer, render_items
 from .format import format_score
 from .registry import register
 
@@ -108,6 +108,15 @@ class DetectionReward:
     @property
     def max_score(self) -> float:
         return self.format_weight + self.f1_weight + self.label_weight + self.iou_weight
+
+    @staticmethod
+    def render_answer(gt: dict, model_family: str, think: bool = False) -> str:
+        """The exact answer: every distinct box with its label; ``[]`` for no objects.
+
+        >>> DetectionReward.render_answer({"objects": []}, "qwen2_vl")
+        '```json\\n[]\\n```'
+        """
+        return render_items(distinct_boxes(gt["objects"]), model_family, think)
 
     @staticmethod
     def prepare(gt: dict) -> DetectionTruth:

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from ..boxes import iou
 from ..frames import clip_box, frame_of
-from ..parsing import parse_answer
+from ..parsing import parse_answer, render_items
 from .format import format_score
 from .registry import register
 
@@ -43,6 +43,15 @@ class GroundingReward:
     @property
     def max_score(self) -> float:
         return self.iou_weight + self.format_weight
+
+    @staticmethod
+    def render_answer(gt: dict, model_family: str, think: bool = False) -> str:
+        """The exact answer: the one box.
+
+        >>> GroundingReward.render_answer({"bbox_2d": [1, 2, 3, 4]}, "qwen2_vl")
+        '<|box_start|>(1,2),(3,4)<|box_end|>'
+        """
+        return render_items([{"bbox_2d": gt["bbox_2d"]}], model_family, think)
 
     @staticmethod
     def prepare(gt: dict) -> tuple:

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from rapidfuzz.distance import Levenshtein
 
-from ..parsing import answer_text
+from ..parsing import answer_text, render_text
 from .registry import register
 
 WHITESPACE_RULES = ("collapse", "remove", "exact")
@@ -77,6 +77,15 @@ class OCRReward:
     @property
     def max_score(self) -> float:
         return self.text_weight + self.format_weight
+
+    @staticmethod
+    def render_answer(gt: dict, model_family: str, think: bool = False) -> str:
+        """The exact answer: the page's text, as it is (every family writes text alike).
+
+        >>> OCRReward.render_answer({"text": "Hello"}, "qwen3_vl")
+        'Hello'
+        """
+        return render_text(gt["text"], think)
 
     @staticmethod
     def prepare(gt: dict) -> str:

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
-REWARDS: dict[str, type] = {}
+from ..registry import Registry
+
+REWARDS = Registry("reward", noun="perception task")
 
 
 def register(name: str):
-    """Class decorator: make a reward class known under the task ``name``."""
+    """Class decorator: make a reward class known under the task ``name``.
+
+    A reward class has ``components`` (the keys it returns besides ``score``), a
+    ``max_score`` property, ``prepare(ground_truth) -> truth`` (once per prompt),
+    ``__call__(completion, truth, think, style) -> dict`` and
+    ``render_answer(ground_truth, model_family, think) -> str``, the exact answer, which
+    scores ``max_score``.
+    """
 
     def decorator(cls):
-        if REWARDS.get(name, cls) is not cls:
-            raise ValueError(f"task {name!r} already has reward {REWARDS[name]}")
+        REWARDS.register(name)(cls)
         cls.task = name
-        REWARDS[name] = cls
         return cls
 
     return decorator
 
 
 def get_reward_cls(name: str) -> type:
-    if name not in REWARDS:
-        raise ValueError(f"unknown perception task {name!r}; known: {sorted(REWARDS)}")
-    return REWARDS[name]
+    return REWARDS.lookup(name)
