@@ -218,16 +218,14 @@ VERL_CONFIG = Path(importlib.util.find_spec("verl").submodule_search_locations[0
 _composed: dict[tuple, str | None] = {}
 
 
-def overrides_compose(task: str | None, overrides: list[str]) -> str | None:
-    """None when Hydra composes the task's recipe config (verl's ``ppo_trainer`` without one)
-    with ``overrides``: a plain key must exist, a ``+`` key must not, as at launch."""
-    key = (task, tuple(overrides))
+def overrides_compose(config_dir: Path, name: str, overrides: list[str]) -> str | None:
+    """None when Hydra composes config ``name`` of ``config_dir`` with ``overrides``, as
+    ``main_ppo`` does at launch: a plain key must exist, a ``+`` key must not."""
+    key = (config_dir, name, tuple(overrides))
     if key not in _composed:
         from hydra import compose, initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
-        recipe_config = ROOT / "recipes/config" / f"{task}.yaml"
-        config_dir, name = (recipe_config.parent, task) if recipe_config.is_file() else (VERL_CONFIG, "ppo_trainer")
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(config_dir), version_base=None):
@@ -238,6 +236,32 @@ def overrides_compose(task: str | None, overrides: list[str]) -> str | None:
     return _composed[key]
 
 
+def main_ppo_config(argv: list[str]) -> tuple[Path, str, list[str]]:
+    """The config folder and name a ``main_ppo`` command line selects, and its overrides.
+
+    As in Hydra, a relative ``--config-path`` is relative to ``main_ppo.py``'s folder; ``$PWD``
+    is the repository (commands run from its root).
+
+    >>> d, name, rest = main_ppo_config(["--config-path", "$PWD/recipes/config", "--config-name=coco_det", "a=1"])
+    >>> d == ROOT / "recipes/config", name, rest
+    (True, 'coco_det', ['a=1'])
+    """
+    config_dir, name, overrides = VERL_CONFIG, "ppo_trainer", []
+    words = iter(argv)
+    for word in words:
+        flag, eq, value = word.partition("=")
+        if flag not in ("--config-path", "-cp", "--config-name", "-cn"):
+            overrides.append(word)
+            continue
+        value = value if eq else next(words, "")
+        if flag in ("--config-name", "-cn"):
+            name = value
+        else:
+            value = re.sub(r"^(\$PWD|\$\{PWD\}|\$\(pwd\))", str(ROOT), value)
+            config_dir = (VERL_CONFIG.parent / value).resolve()
+    return config_dir, name, overrides
+
+
 def check_recipe(cmd: Command) -> str | None:
     script = cmd.argv[1]
     if not (ROOT / script).is_file():
@@ -246,7 +270,18 @@ def check_recipe(cmd: Command) -> str | None:
     if unread:
         return f"the recipe code never reads {', '.join(unread)}"
     overrides = cmd.argv[2:]
-    return overrides_compose(Path(script).stem, overrides) if overrides else None
+    if not overrides:
+        return None
+    recipe_config = ROOT / "recipes/config" / f"{Path(script).stem}.yaml"
+    if recipe_config.is_file():
+        return overrides_compose(recipe_config.parent, recipe_config.stem, overrides)
+    return overrides_compose(VERL_CONFIG, "ppo_trainer", overrides)
+
+
+def pytest_targets_missing(args: list[str]) -> str | None:
+    """Why pytest arguments name tests that do not exist (CI runs every test that does)."""
+    missing = [a for a in args if not a.startswith("-") and not (ROOT / a.split("::")[0]).exists()]
+    return f"pytest targets that do not exist: {missing}" if missing else None
 
 
 def uncovered(cmd: Command) -> str | None:
@@ -254,8 +289,7 @@ def uncovered(cmd: Command) -> str | None:
     argv = cmd.argv
     if argv[0] == "bash":
         if argv[1] in ci_scripts() or argv[1] == ".ci/run":
-            missing = [a for a in argv[2:] if not a.startswith("-") and not (ROOT / a.split("::")[0]).exists()]
-            return f"pytest targets that do not exist: {missing}" if missing else None
+            return pytest_targets_missing(argv[2:])  # scripts/test.sh passes its arguments to pytest
         if argv[1].startswith("recipes/"):
             return check_recipe(cmd)
         return f"{argv[1]} is not run by .ci/run"
@@ -263,8 +297,12 @@ def uncovered(cmd: Command) -> str | None:
         return parser_accepts(console_script(argv[0]), argv, ("perception-r1-prep",))
     if argv[0] in ("python", "python3"):
         if argv[1:3] == ["-m", "verl.trainer.main_ppo"]:
-            return overrides_compose(None, argv[3:])
+            return overrides_compose(*main_ppo_config(argv[3:]))
+        if argv[1:3] == ["-m", "pytest"]:
+            return pytest_targets_missing(argv[3:])
         return check_python(argv)
+    if Path(argv[0]).name in ("pytest", "ruff"):  # scripts/test.sh runs both on the whole tree
+        return pytest_targets_missing(argv[1:]) if Path(argv[0]).name == "pytest" else None
     if argv[0] == "ray":
         return check_ray(argv)
     test = ALLOW.get(shlex.join(argv))
@@ -300,6 +338,20 @@ def test_the_docs_hold_the_commands_a_user_needs():
 @pytest.mark.parametrize(
     "line",
     [
+        "python3 -m verl.trainer.main_ppo --config-path config --config-name ppo_trainer trainer.total_epochs=1",
+        "python -m pytest tests/test_docs.py -x",
+        "perception-r1-prep --help",
+        "ray stop",
+    ],
+)
+def test_a_command_the_real_programs_accept_is_covered(line):
+    (cmd,) = block_commands(f"```bash\n{line}\n```\n", "test")
+    assert uncovered(cmd) is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
         "perception-r1-eval score --data d.parquet --out o",  # --responses is required
         "perception-r1-eval generate --model m --data d --out o --tp four",
         "perception-r1-prep coco_det --annotations a.json --out o.parquet --no-such-flag",
@@ -308,6 +360,9 @@ def test_the_docs_hold_the_commands_a_user_needs():
         "bash recipes/coco_det.sh trainer.no_such_key=2",
         "bash recipes/no_such_task.sh",
         "bash scripts/test.sh tests/no_such_test.py",
+        "python -m pytest tests/no_such_test.py -x",
+        "python3 -m verl.trainer.main_ppo --config-path $PWD/recipes/no_such_dir --config-name coco_det",
+        "python3 -m verl.trainer.main_ppo trainer.total_epochs=1 +trainer.total_epochs=2",
         "ray start --no-such-flag",
         "python bench/estimate_memory.py --no-such-flag",
         "pip install something-else",
