@@ -37,30 +37,44 @@ def finite(metrics: dict, key: str) -> float:
     return float(value)
 
 
-def check_steps(run_dir: Path, task: str, data_source: str, expect_steps: list[int]) -> dict[int, dict]:
-    """Steps ``expect_steps`` ran, each logging finite scores and every reward component."""
+def component_keys(tasks) -> tuple[str, ...]:
+    """The per-step keys of ``tasks``' rows: score, every reward component, the counters."""
+    return tuple(dict.fromkeys(k for t in tasks for k in ("score", *rewards.get_reward_cls(t).components, *COUNTERS)))
+
+
+def check_steps(run_dir: Path, sources: dict[str, str], expect_steps: list[int]) -> dict[int, dict]:
+    """Steps ``expect_steps`` ran, each logging finite scores and every reward component, overall
+    and per data source for each source (``sources``: data source -> task) its rollouts came from;
+    every source of ``sources`` appears in some step."""
     steps = train_steps(run_dir)
     assert sorted(steps) == expect_steps, f"training steps logged: {sorted(steps)}, expected {expect_steps}"
-    keys = ("score", *rewards.get_reward_cls(task).components, *COUNTERS)
+    seen = set()
     for step, metrics in steps.items():
         finite(metrics, "critic/score/mean")
-        for key in keys:
+        present = {row["data_source"] for row in rollout_rows(run_dir, step)}
+        assert present <= set(sources), f"step {step}: rollouts of {present - set(sources)}"
+        seen |= present
+        for key in component_keys(sources[s] for s in present):
             finite(metrics, f"{PREFIX}/{key}/mean")
-            finite(metrics, f"{PREFIX}/{data_source}/{key}/mean")
+        for source in present:
+            for key in component_keys([sources[source]]):
+                finite(metrics, f"{PREFIX}/{source}/{key}/mean")
         for counter in COUNTERS:
             assert metrics[f"{PREFIX}/{counter}/mean"] == 0, (
                 f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
             )
+    assert seen == set(sources), f"no training rollouts of {set(sources) - seen}"
     return steps
 
 
-def check_validation(run_dir: Path, task: str, data_source: str) -> dict:
-    """Validation before training logged val-aux/<data_source>/<component>/mean@1."""
+def check_validation(run_dir: Path, sources: dict[str, str]) -> dict:
+    """Validation before training logged val-aux/<data_source>/<component>/mean@1 for every source."""
     first = records(run_dir)[0]["data"]
-    for key in ("score", *rewards.get_reward_cls(task).components, *COUNTERS):
-        finite(first, f"val-aux/{data_source}/{key}/mean@1")
-    for counter in COUNTERS:
-        assert first[f"val-aux/{data_source}/{counter}/mean@1"] == 0, f"validation {counter} non-zero"
+    for source, task in sources.items():
+        for key in component_keys([task]):
+            finite(first, f"val-aux/{source}/{key}/mean@1")
+        for counter in COUNTERS:
+            assert first[f"val-aux/{source}/{counter}/mean@1"] == 0, f"validation {source} {counter} non-zero"
     return first
 
 
@@ -77,8 +91,9 @@ def rollout_rows(run_dir: Path, step: int) -> list[dict]:
     return [row for row in rows if not row["uid"].startswith(PADDING_UID)]
 
 
-def check_rescored(run_dir: Path, steps: list[int], data_source: str, extra_info: dict) -> dict[int, float]:
-    """Every dumped rollout, rescored with compute_score, gets the score verl logged for it.
+def check_rescored(run_dir: Path, steps: list[int], extra_infos: dict[tuple[str, int], dict]) -> dict[int, float]:
+    """Every dumped rollout, rescored with compute_score (with its row's ``extra_info``, by data
+    source and index), gets the score verl logged for it.
 
     Returns the seconds rescoring each step's rollouts took (the reward's own cost).
     """
@@ -87,7 +102,8 @@ def check_rescored(run_dir: Path, steps: list[int], data_source: str, extra_info
         rows = rollout_rows(run_dir, step)
         start = time.perf_counter()
         for row in rows:
-            got = rewards.compute_score(data_source, row["output"], row["gts"], extra_info)["score"]
+            info = extra_infos[row["data_source"], row["index"]]
+            got = rewards.compute_score(row["data_source"], row["output"], row["gts"], info)["score"]
             assert abs(got - row["score"]) < 1e-4, (
                 f"step {step} {row['uid']}: verl logged {row['score']}, compute_score gives {got} for {row['output']!r}"
             )
@@ -100,9 +116,28 @@ def group_sizes(run_dir: Path, step: int) -> Counter:
     return Counter(row["uid"].rsplit("_", 2)[0] for row in rollout_rows(run_dir, step))
 
 
+# torch's SIGCHLD handler in the TaskRunner when a dataloader worker dies before it
+# (torch/utils/data/_utils/signal_handling.py): what a run ended with before the plugin's fix.
+KILLED_WORKER = ("is killed by signal", "exited unexpectedly")
+
+
+def check_clean_exit(run_dir: Path) -> None:
+    """The console reports no dataloader worker killed (verl_patches.releasing_train_iterator)."""
+    console = (run_dir / "console.log").read_text()
+    found = [line for line in console.splitlines() if any(text in line for text in KILLED_WORKER)]
+    assert not found, f"{run_dir / 'console.log'}: {found[:3]}"
+
+
 def check_checkpoint(run_dir: Path, step: int) -> None:
     folder = run_dir / "checkpoints" / f"global_step_{step}"
     assert (folder / "actor").is_dir() and (folder / "data.pt").exists(), f"no checkpoint at {folder}"
+
+
+def check_lora_checkpoint(folder: Path, rank: int) -> None:
+    """A LoRA run's actor checkpoint records its PEFT adapter of ``rank`` (verl writes lora_train_meta.json)."""
+    meta = folder / "actor" / "lora_train_meta.json"
+    assert meta.exists(), f"{meta}: no LoRA adapter in the checkpoint"
+    assert json.loads(meta.read_text())["r"] == rank, f"{meta}: {meta.read_text()}"
 
 
 def check_resumed(run_dir: Path, checkpoints: Path, from_step: int) -> None:

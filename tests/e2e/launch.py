@@ -56,7 +56,8 @@ CPU_OVERRIDES = [
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
     "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
     "actor_rollout_ref.rollout.max_num_batched_tokens=4096",
-    "data.dataloader_num_workers=0",
+    # verl's 8 dataloader processes on 2 cores; 2 still check their shutdown at the end.
+    "data.dataloader_num_workers=2",
     # Reward-loop workers (verl default 8 Ray actors): one scores 8 responses a step.
     "reward.num_workers=1",
     "trainer.total_training_steps=2",

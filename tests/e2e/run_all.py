@@ -1,4 +1,4 @@
-"""The end-to-end CPU run behind scripts/e2e.sh: four verl launches, a merge, an evaluation.
+"""The end-to-end CPU run behind scripts/e2e.sh: four verl launches, two merges and evaluations.
 
     python tests/e2e/run_all.py OUT_DIR      (in scripts/e2e.sh's venv)
 
@@ -7,9 +7,14 @@
    a group, so advantages, pg_loss and grad_norm are non-zero;
 2. the same run relaunched with ``trainer.resume_mode=auto``: resumes at step 2, runs 3-4;
 3. coco_det with ``CURRICULUM=1`` (tiny Qwen2.5-VL): a step mixing rollout counts;
-4. refcoco (tiny Qwen2-VL): box tokens through the real decode path;
-5. the step-4 page_ocr checkpoint merged with verl's model merger, then
-   ``perception-r1-eval generate --backend vllm`` and ``score`` on its val split.
+4. perception_mix with ``LORA_RANK=8`` (tiny Qwen2-VL): the four tasks in one run, LoRA
+   adapters trained by verl's FSDP LoRA and served by vLLM, box tokens through the real
+   decode path; validation and per-step metrics per data source;
+5. the step-4 page_ocr checkpoint and the LoRA run's step-2 checkpoint merged with verl's
+   model merger, then ``perception-r1-eval generate --backend vllm`` (the LoRA adapter folded
+   in) and ``score`` on page_ocr's and refcoco's val splits.
+
+Every launch runs 2 dataloader workers and must end without a killed worker.
 
 Prints each run's timing_s/step and the reward's own cost; exits non-zero on any failure.
 """
@@ -49,9 +54,14 @@ CURRICULUM = [
 ]
 
 
-def first_row(data_dir: Path, task: str) -> dict:
-    table = pq.read_table(data_dir / task / "sample" / "train.parquet", columns=["data_source", "extra_info"])
-    return table.slice(0, 1).to_pylist()[0]
+MIX = "refcoco:2,pixmo_count:2,page_ocr:2,coco_det:2"
+
+
+def train_rows(data_dir: Path, task: str) -> list[dict]:
+    """data_source and extra_info of the recipe's prepared training rows (a mix: every task's)."""
+    files = sorted(p for p in (data_dir / task).rglob("train.parquet") if p.parent.name == "sample")
+    assert files, f"no prepared sample under {data_dir / task}"
+    return [row for f in files for row in pq.read_table(f, columns=["data_source", "extra_info"]).to_pylist()]
 
 
 def val_rows(data_dir: Path, task: str) -> int:
@@ -73,12 +83,14 @@ class Runner:
         code = launch(run_dir, task, list(extra), env)
         wall = time.monotonic() - start
         assert code == 0, f"{name}: verl exited {code}; see {run_dir / 'console.log'}"
-        row = first_row(self.data, task)
-        source, info = row["data_source"], row["extra_info"]
-        metrics = check.check_steps(run_dir, info["task"], source, steps)
+        check.check_clean_exit(run_dir)
+        rows = train_rows(self.data, task)
+        sources = {row["data_source"]: row["extra_info"]["task"] for row in rows}
+        metrics = check.check_steps(run_dir, sources, steps)
         if validate:
-            check.check_validation(run_dir, info["task"], source)
-        rescoring = check.check_rescored(run_dir, steps, source, info)
+            check.check_validation(run_dir, sources)
+        infos = {(row["data_source"], row["extra_info"]["index"]): row["extra_info"] for row in rows}
+        rescoring = check.check_rescored(run_dir, steps, infos)
         for step in steps:
             m = metrics[step]
             self.report.append(
@@ -118,7 +130,9 @@ class Runner:
         assert sorted(r["index"] for r in responses) == list(range(expected)) or len(responses) == expected, (
             f"{len(responses)} responses for {expected} val rows"
         )
-        changed = check.check_weights_moved(self.models / model, merged)
+        # A LoRA run merges into base weights plus lora_adapter/; generate folded it into lora_folded/.
+        trained = merged / "lora_folded" if (merged / "lora_adapter").is_dir() else merged
+        changed = check.check_weights_moved(self.models / model, trained)
         written = sorted(p.name for p in (eval_dir / "scores").iterdir())
         assert written, f"score wrote nothing in {eval_dir / 'scores'}"
         self.report.append(
@@ -154,9 +168,17 @@ def main(argv: list[str]) -> int:
     assert len(sizes) > 1, f"curriculum step 1: every prompt had {sizes} rollouts"
     runner.report.append(f"coco_det_curriculum step 1: rollouts per prompt {sorted(sizes)}")
 
-    runner.train("refcoco", "refcoco", "tiny-Qwen2-VL", [1, 2])
+    # All four tasks in one LoRA run (tiny Qwen2-VL: refcoco's and the others' boxes through
+    # the box-token decode path): 2 rows of each, 4 prompts a step, so the 2 steps see all four.
+    mix_dir, mix = runner.train(
+        "perception_mix_lora", "perception_mix", "tiny-Qwen2-VL", [1, 2],
+        extra=["data.train_batch_size=4"], env={"MIX": MIX, "LORA_RANK": "8"},
+    )  # fmt: skip
+    check.check_learning(mix)
+    check.check_lora_checkpoint(mix_dir / "checkpoints" / "global_step_2", 8)
 
     runner.evaluate(checkpoints / "global_step_4", "page_ocr", "tiny-Qwen2-VL")
+    runner.evaluate(mix_dir / "checkpoints" / "global_step_2", "perception_mix/refcoco", "tiny-Qwen2-VL")
 
     print("\n[e2e] passed:\n  " + "\n  ".join(runner.report) + f"\n  total {time.monotonic() - start:.0f} s")
     return 0
