@@ -31,6 +31,16 @@ SOURCES = {
 }
 
 
+def converter(source: str):
+    """The module of a converter ``source``: its ``main``, and the ``release_args`` / ``sample_args``
+    the training recipe prepares its data with.
+
+    >>> converter("coco_det").__name__
+    'perception_r1_verl.data.coco'
+    """
+    return importlib.import_module(SOURCES[source][0].split(":")[0])
+
+
 def check_main(argv=None) -> int:
     """``check``: :func:`~perception_r1_verl.data.check.inspect_parquet` on one parquet."""
     p = argparse.ArgumentParser(prog=f"{PROG} check", description=SOURCES["check"][1])
