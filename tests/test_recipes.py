@@ -23,7 +23,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from perception_r1_verl.recipe import main as recipe_main
-from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, validate
+from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, launch_command, validate
 from perception_r1_verl.recipe.data import prep_command, prepare_data, read_rows
 from perception_r1_verl.recipe.overrides import env_overrides
 from perception_r1_verl.recipe.reward_check import check_scores, score_rows
@@ -132,6 +132,19 @@ def test_the_launch_command_carries_only_what_the_environment_decides(tmp_path):
         "data.train_files", "data.val_files", "data.image_patch_size", "data.seed", "actor_rollout_ref.model.path",
         "trainer.n_gpus_per_node", "trainer.nnodes", "trainer.experiment_name", "trainer.logger",
     ]  # fmt: skip
+
+
+def test_verls_main_ppo_takes_the_config_folder_and_name_of_the_launch_command(tmp_path):
+    """The printed command through ``main_ppo``'s own ``@hydra.main`` (``--cfg job``: Hydra prints
+    the composed config and exits): the same config as the preflight checked."""
+    settings = settings_for("refcoco", tmp_path, tmp_path / "model", LORA_RANK="8")
+    overrides = env_overrides(TASKS["refcoco"], settings)
+    command = launch_command(CONFIG, "refcoco", overrides) + ["--cfg", "job"]
+    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = OmegaConf.to_container(OmegaConf.create(out.stdout))
+    assert printed == OmegaConf.to_container(recipe_config("refcoco", settings))
+    assert printed["data"]["max_response_length"] == 768 and printed["actor_rollout_ref"]["model"]["lora_rank"] == 8
 
 
 @pytest.mark.parametrize(("task", "curriculum"), [(t, False) for t in TASKS] + [("coco_det", True)])
