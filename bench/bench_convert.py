@@ -26,7 +26,7 @@ def child(impl: str, annotations: Path, images: Path, out: Path, workers: int) -
     """One conversion in this process; returns rows, seconds and peak RSS growth (MiB)."""
     import psutil
 
-    from perception_r1_verl.data.coco import convert_coco, detection_builder, load_coco
+    from perception_r1_verl.data.coco_det import convert_coco, detection_builder, load_coco
     from perception_r1_verl.data.images import load_image
     from perception_r1_verl.data.options import ConvertOptions
     from perception_r1_verl.data.rules import Stats

@@ -43,7 +43,7 @@ GIB = 1024**3
 CARDS_GB = (24, 48, 80)
 PROMPT = 2048  # data.max_prompt_length
 IMAGE_PATCHES = 4 * 1276  # 1M pixels / 28^2 merged tokens, 2 x 2 patches each
-# Recipe settings the estimate follows (perception_r1_verl/recipe.py).
+# Recipe settings the estimate follows (recipes/config/base.yaml).
 TRAIN_BATCH = 32
 ROLLOUT_N = 8
 # Allowances (estimates): CUDA context + NCCL + allocator fragmentation; vLLM's own

@@ -1,15 +1,19 @@
 # Shared part of the Perception-R1 recipes; sourced by recipes/<task>.sh after it sets TASK.
 #
-# Finds (or, on a fresh machine, creates) a Python environment with verl and this package,
-# then hands over to `python -m perception_r1_verl.recipe "$TASK" "$@"`, which prepares the
-# data, checks the verl config and launches `python3 -m verl.trainer.main_ppo` on GPUs.
-# Settings: see the README's "Training" section (MODEL_PATH, DATA_DIR, DATASET_ROOT,
-# N_GPUS_PER_NODE, NNODES, EXPERIMENT_NAME, LOGGER, CURRICULUM, DRY_RUN, PYTHON).
+# Finds (or, on a fresh machine, creates) a Python environment with verl and this package
+# (PYTHON, else python3, else the project venv), and defines `preflight`, the CPU part of a recipe. Settings: the environment
+# variables of docs/recipe_config.md (MODEL_PATH, DATA_DIR, DATASET_ROOT, N_GPUS_PER_NODE,
+# NNODES, EXPERIMENT_NAME, LOGGER, LORA_RANK, CURRICULUM, MIX, DRY_RUN, PYTHON, ...).
 set -euo pipefail
 
 : "${TASK:?recipes/common.sh is sourced by a recipe that sets TASK}"
 # pr1_venv (the project venv: torch pinned first on CPU, the gpu extra on CUDA) and pr1_has_cuda.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/env.sh"
+
+# The Hydra config folder of the recipes: <task>.yaml over base.yaml over verl's ppo_trainer.
+RECIPE_CONFIG="$PR1_ROOT/recipes/config"
+# Prepared data goes under the checkout unless DATA_DIR says otherwise.
+export DATA_DIR="${DATA_DIR:-$PR1_ROOT/data}"
 
 log() { printf '[%s] %s\n' "$TASK" "$*" >&2; }
 
@@ -40,9 +44,20 @@ find_python() {
   printf '%s\n' "$PR1_VENV/bin/python"
 }
 
-run_recipe() {
-  local python
-  python="$(find_python)"
-  log "python: $python"
-  exec "$python" -m perception_r1_verl.recipe "$TASK" "$@"
+# preflight [hydra overrides...]: prepare the data, compose $TASK's config with the
+# environment's overrides and the user's, run verl's validate_config, score CHECK_ROWS (4) rows
+# per val file through the reward manager, print the launch command
+# (perception_r1_verl.recipe). Sets OVERRIDES (the environment's overrides) and LAUNCH (1 with
+# a CUDA GPU and DRY_RUN unset); exports what the launch needs (HF_HUB_OFFLINE). A PR1_PYTHON
+# already set is used as it is.
+preflight() {
+  local plan status=0
+  PR1_PYTHON="${PR1_PYTHON:-$(find_python)}"
+  log "python: $PR1_PYTHON"
+  plan="$(mktemp)"
+  "$PR1_PYTHON" -m perception_r1_verl.recipe "$TASK" --config-dir "$RECIPE_CONFIG" --plan "$plan" \
+    --rows "${CHECK_ROWS:-4}" "$@" || status=$?
+  [[ $status -eq 0 ]] && source "$plan"
+  rm -f "$plan"
+  [[ $status -eq 0 ]] || exit "$status"
 }

@@ -2,14 +2,19 @@
 # Perception-R1 counting: GRPO on PixMo-Count with Qwen2-VL-2B-Instruct.
 #
 #   bash recipes/pixmo_count.sh [hydra overrides...]
-#   DATASET_ROOT=/data/pixmo_count bash recipes/pixmo_count.sh
+#   DATASET_ROOT=/data/pixmo_count bash recipes/pixmo_count.sh    # {train,validation}.parquet + images/
 #
-# Paper settings (overrides built in perception_r1_verl/recipe.py, each deviation from
-# verl's defaults commented there): GRPO, lr 1e-6, 8 rollouts, KL loss 0.04 (k3),
-# temperature 1.0 / top_p 0.9 / top_k 50, max response 768, max prompt 2048, 1 epoch on
-# a 10k-row subset (TRAIN_LIMIT), bf16, gradient checkpointing, colocated vLLM, rewards
-# (format + count accuracy + point distance) from the `perception` manager.
+# The paper's settings, commented: recipes/config/pixmo_count.yaml (over base.yaml, over verl's
+# ppo_trainer). 1 epoch on a 10k-row subset (TRAIN_LIMIT).
+# Environment variables and plain Hydra overrides: docs/recipe_config.md.
 set -euo pipefail
 TASK=pixmo_count
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-run_recipe "$@"
+
+# On CPU: prepare $DATA_DIR/pixmo_count/ (perception-r1-prep pixmo_count, from $DATASET_ROOT or the offline
+# sample), compose recipes/config/pixmo_count.yaml with the environment's OVERRIDES and "$@", run verl's
+# validate_config, score reference answers through the reward manager, print the launch command.
+preflight "$@"
+# On GPUs (LAUNCH=1: a CUDA GPU, DRY_RUN unset): verl's own trainer with this task's config.
+[[ $LAUNCH == 1 ]] || exit 0
+exec "$PR1_PYTHON" -m verl.trainer.main_ppo --config-path "$RECIPE_CONFIG" --config-name "$TASK" "${OVERRIDES[@]}" "$@"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from perception_r1_verl.data.cli import SOURCES
+from perception_r1_verl.data.cli import SOURCES, converter
 from perception_r1_verl.data.sample import make_sample_sources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,3 +76,19 @@ def test_a_wrapper_converts_from_inside_data_prep(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert pq.read_table(out).column("ability").to_pylist() == ["detection", "detection"]
+
+
+@pytest.mark.parametrize("source", ["coco_det", "refcoco", "pixmo_count", "page_ocr"])
+def test_each_converter_declares_the_recipes_sources_in_flags_it_accepts(source, tmp_path):
+    """``release_args`` / ``sample_args`` (what the training recipe runs) parse with the converter's own
+    parser, and name files of the sample or of the release root."""
+    module = converter(source)
+    sample = make_sample_sources(tmp_path / "s", n_images=1)
+    for flags, root in (
+        (module.sample_args(sample), tmp_path / "s"),
+        (module.release_args("val", tmp_path / "r"), tmp_path / "r"),
+    ):
+        module.build_parser().parse_args([*flags, "--out", str(tmp_path / "o.parquet")])
+        paths = [Path(value) for value in flags if not value.startswith("--")]
+        assert paths and all(path.is_relative_to(root) for path in paths)
+    assert all(Path(value).exists() for value in module.sample_args(sample) if not value.startswith("--"))

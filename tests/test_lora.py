@@ -9,16 +9,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from test_recipes import CONFIG, recipe_config
 
-from perception_r1_verl import recipe
-from perception_r1_verl.recipe import MIX, TASKS, Settings, build_overrides, compose, validate
+from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, launch_command, validate
+from perception_r1_verl.recipe.overrides import LORA_EXCLUDE_MODULES, LORA_LR, env_overrides
+from perception_r1_verl.recipe.settings import Settings
+from perception_r1_verl.recipe.tasks import MIX, TASKS
 
 LLM_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 def lora_config(task, tmp_path, **env):
     settings = Settings.from_env(task, env={"DATA_DIR": str(tmp_path), "LORA_RANK": "64", **env}, gpus=0)
-    config = compose(build_overrides(task, settings))
+    config = recipe_config(task.name, settings)
     validate(config)
     return settings, config
 
@@ -28,15 +31,15 @@ def test_lora_rank_composes_on_every_recipe(task, tmp_path):
     _, config = lora_config(task, tmp_path)
     model, actor = config.actor_rollout_ref.model, config.actor_rollout_ref.actor
     assert (model.lora_rank, model.lora_alpha) == (64, 64)  # alpha follows the rank: scale 1
-    assert model.target_modules == "all-linear" and model.exclude_modules == recipe.LORA_EXCLUDE_MODULES
-    assert actor.optim.lr == recipe.LORA_LR
+    assert model.target_modules == "all-linear" and model.exclude_modules == LORA_EXCLUDE_MODULES
+    assert actor.optim.lr == LORA_LR
     assert config.actor_rollout_ref.rollout.load_format == "safetensors"
     assert config.trainer.experiment_name.endswith("_lora64")  # its own checkpoint folder
 
 
 def test_without_lora_the_paper_settings_stay(tmp_path):
     settings = Settings.from_env(TASKS["refcoco"], env={"DATA_DIR": str(tmp_path)}, gpus=0)
-    config = compose(build_overrides(TASKS["refcoco"], settings))
+    config = recipe_config("refcoco", settings)
     assert config.actor_rollout_ref.model.lora_rank == 0 and config.actor_rollout_ref.actor.optim.lr == 1e-6
     assert config.actor_rollout_ref.rollout.load_format == "dummy"  # verl's default
 
@@ -44,7 +47,7 @@ def test_without_lora_the_paper_settings_stay(tmp_path):
 def test_lora_plain_hydra_overrides_win_over_the_environment(tmp_path):
     settings = Settings.from_env(TASKS["coco_det"], env={"DATA_DIR": str(tmp_path), "LORA_RANK": "16"}, gpus=0)
     extra = ["actor_rollout_ref.model.lora_alpha=32", "actor_rollout_ref.actor.optim.lr=3e-5"]
-    config = compose(build_overrides(TASKS["coco_det"], settings) + extra)
+    config = recipe_config("coco_det", settings, *extra)
     validate(config)
     assert config.actor_rollout_ref.model.lora_alpha == 32 and config.actor_rollout_ref.actor.optim.lr == 3e-5
 
@@ -105,8 +108,10 @@ def test_the_printed_lora_command_composes_to_the_same_config(tmp_path):
     import shlex
 
     settings = Settings.from_env(TASKS["page_ocr"], env={"DATA_DIR": str(tmp_path), "LORA_RANK": "32"}, gpus=0)
-    line = shlex.join(recipe.launch_command(build_overrides(TASKS["page_ocr"], settings)))
+    line = shlex.join(launch_command(CONFIG, "page_ocr", env_overrides(TASKS["page_ocr"], settings)))
     argv = shlex.split(line)
-    config = compose(argv[argv.index(recipe.LAUNCH_MODULE) + 1 :])
+    start = argv.index(LAUNCH_MODULE) + 1
+    assert argv[start : start + 4] == ["--config-path", str(CONFIG), "--config-name", "page_ocr"]
+    config = compose(CONFIG, "page_ocr", argv[start + 4 :])
     assert config.actor_rollout_ref.model.exclude_modules == ".*visual.*"
     assert config.actor_rollout_ref.model.lora_rank == 32

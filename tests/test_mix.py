@@ -9,11 +9,13 @@ import sys
 from collections import Counter
 
 import pytest
-from test_recipes import RECIPES, _launch_overrides
+from test_recipes import CONFIG, MAX_RESPONSE, RECIPES, _launch_overrides, recipe_config
 
-from perception_r1_verl import recipe
 from perception_r1_verl.data.mix import parse_mix
-from perception_r1_verl.recipe import DEFAULT_MIX, MIX, TASKS, Settings, build_overrides, compose, validate
+from perception_r1_verl.recipe.config import compose, validate
+from perception_r1_verl.recipe.data import prep_command, prepare_data
+from perception_r1_verl.recipe.settings import Settings, cuda_gpu_count
+from perception_r1_verl.recipe.tasks import DEFAULT_MIX, MIX
 
 # Rows per task, small enough for the sample (32 train images per task).
 SMALL_MIX = {"refcoco": 6, "pixmo_count": 4, "page_ocr": 3, "coco_det": 8}
@@ -34,11 +36,11 @@ def mix_env(data_dir, model_dir, **extra) -> dict[str, str]:
 def mix_run(tmp_path_factory, qwen2_5_vl_processor_dir):
     """``bash recipes/perception_mix.sh trainer.test_freq=10`` from an empty directory, once."""
     cwd = tmp_path_factory.mktemp("mix")
-    env = {**os.environ, **mix_env(cwd / "data", qwen2_5_vl_processor_dir), "PYTHON": sys.executable}
-    if recipe.cuda_gpu_count():  # never start a training from the test suite
+    env = {**os.environ, **mix_env(cwd / "data", qwen2_5_vl_processor_dir), "PYTHON": sys.executable, "CHECK_ROWS": "1"}
+    if cuda_gpu_count():  # never start a training from the test suite
         env["DRY_RUN"] = "1"
     out = subprocess.run(
-        ["bash", str(RECIPES / "perception_mix.sh"), "--rows", "1", "trainer.test_freq=10"],
+        ["bash", str(RECIPES / "perception_mix.sh"), "trainer.test_freq=10"],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -54,13 +56,13 @@ def test_the_mix_recipe_prepares_checks_and_prints_the_launch(mix_run):
     # One reference answer per task scored at its maximum (the check passed: exit 0).
     for score in ("2.000", "3.000"):
         assert f"row 0 reference score={score}" in stdout
-    overrides = _launch_overrides(stdout)
+    overrides = _launch_overrides(stdout, MIX.name)
     assert overrides[-1] == "trainer.test_freq=10"
-    config = compose(overrides)
+    config = compose(CONFIG, MIX.name, overrides)
     validate(config)  # the printed command is the checked one
     assert list(config.data.train_files) == [str(p) for p in settings.data_files("train")]
     assert len(config.data.val_files) == 4 and config.trainer.test_freq == 10
-    assert config.data.max_response_length == max(t.max_response_length for t in TASKS.values())
+    assert config.data.max_response_length == max(MAX_RESPONSE.values())  # the longest task's
     assert config.data.image_patch_size == 14  # Qwen2.5-VL, chosen once for all tasks
 
 
@@ -68,7 +70,7 @@ def test_the_mixed_training_set_loads_through_verls_rlhf_dataset(mix_run, qwen2_
     from verl.trainer.ppo.utils import create_rl_dataset
 
     _, settings = mix_run
-    config = compose(build_overrides(MIX, settings))
+    config = recipe_config(MIX.name, settings)
     tokenizer = qwen2_5_vl_processor.tokenizer
     train = create_rl_dataset(config.data.train_files, config.data, tokenizer, qwen2_5_vl_processor, True)
     sources = Counter(train.dataframe["data_source"])
@@ -98,7 +100,7 @@ def test_a_mix_prepared_for_more_rows_is_refused(mix_run):
     smaller = {**SMALL_MIX, "refcoco": 2}
     env = mix_env(settings.data_dir.parent, "unused", MIX=",".join(f"{k}:{v}" for k, v in smaller.items()))
     with pytest.raises(SystemExit, match="refcoco: 6 rows prepared, MIX asks 2"):
-        recipe.prepare_data(MIX, Settings.from_env(MIX, env=env, gpus=0))
+        prepare_data(MIX, Settings.from_env(MIX, env=env, gpus=0))
 
 
 def test_the_default_mix_is_the_papers_subsets_with_10k_coco():
@@ -129,7 +131,7 @@ def test_a_dataset_root_holds_one_release_per_task(tmp_path):
         MIX, env={"DATA_DIR": str(tmp_path / "d"), "DATASET_ROOT": str(tmp_path / "r")}, gpus=0
     )
     task, part = settings.components()[-1]
-    command = recipe.prep_command(task, part, "train")
+    command = prep_command(task, part, "train")
     flags = dict(zip(command[2::2], command[3::2], strict=False))
     assert flags["--annotations"] == str(tmp_path / "r" / "coco_det" / "annotations" / "instances_train2017.json")
     assert flags["--out"] == str(tmp_path / "d" / "perception_mix" / "coco_det" / "train.parquet")

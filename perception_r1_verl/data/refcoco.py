@@ -23,7 +23,7 @@ import re
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
@@ -46,6 +46,9 @@ from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.rules import DataError, Stats
 from perception_r1_verl.data.tables import is_duplicate, is_number, pick
 from perception_r1_verl.prompts import prompt_text
+
+if TYPE_CHECKING:
+    from perception_r1_verl.data.sample import SampleSources
 
 DATASETS = ("refcoco", "refcoco+", "refcocog")
 BBOX_FORMATS = ("xyxy", "xywh")
@@ -333,6 +336,25 @@ def convert_refcoco(
         root = Path(images) if images is not None else tables[0].parent
         jobs = load_table(tables, root, split, bbox_format, stats, layout)
     return convert(jobs, grounding_builder(options, dataset), out, options, stats)
+
+
+# The training recipe's sources (perception_r1_verl.recipe.data): the refer toolkit's data/ folder
+# under DATASET_ROOT (refcoco/refs(unc).p, refcoco/instances.json,
+# images/mscoco/images/train2014/; the split is chosen by --split), and the offline sample.
+def release_args(split: str, root: Path) -> list[str]:
+    """Flags for RefCOCO (unc) from the refer toolkit's layout under ``root``; ``split`` goes to ``--split``.
+
+    >>> release_args("val", Path("/d"))[:2]
+    ['--refs', '/d/refcoco/refs(unc).p']
+    """
+    refs = root / "refcoco"
+    images = root / "images" / "mscoco" / "images" / "train2014"
+    return ["--refs", str(refs / "refs(unc).p"), "--instances", str(refs / "instances.json"), "--images", str(images)]
+
+
+def sample_args(sources: SampleSources) -> list[str]:
+    """Flags for the offline sample (``data.sample.make_sample_sources``)."""
+    return ["--jsonl", str(sources.grounding), "--images", str(sources.images)]
 
 
 def build_parser() -> argparse.ArgumentParser:

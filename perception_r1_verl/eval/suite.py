@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import frames
-from ..data.coco import convert_coco
+from ..data.coco_det import convert_coco
 from ..data.driver import summary_path
 from ..data.options import ConvertOptions
 from ..data.page_ocr import convert_page_ocr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -21,6 +22,9 @@ from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.rules import DataError, Stats
 from perception_r1_verl.data.tables import is_duplicate, is_number
 from perception_r1_verl.prompts import prompt_text
+
+if TYPE_CHECKING:
+    from perception_r1_verl.data.sample import SampleSources
 
 PROMPT_CATEGORIES = ("all", "present")
 
@@ -146,6 +150,26 @@ def convert_coco(
     jobs, categories = load_coco(annotations, images, stats)
     builder = detection_builder(categories, options, prompt_categories, keep_empty, data_source)
     return convert(jobs, builder, out, options, stats)
+
+
+# The training recipe's sources (perception_r1_verl.recipe.data): the release under DATASET_ROOT
+# (annotations/instances_{train,val}2017.json and {train,val}2017/), and the offline sample.
+RELEASE_SPLITS = {"train": "train2017", "val": "val2017"}
+
+
+def release_args(split: str, root: Path) -> list[str]:
+    """Flags for ``split`` of COCO 2017 laid out under ``root``.
+
+    >>> release_args("val", Path("/d"))
+    ['--annotations', '/d/annotations/instances_val2017.json', '--images', '/d/val2017']
+    """
+    name = RELEASE_SPLITS[split]
+    return ["--annotations", str(root / "annotations" / f"instances_{name}.json"), "--images", str(root / name)]
+
+
+def sample_args(sources: SampleSources) -> list[str]:
+    """Flags for the offline sample (``data.sample.make_sample_sources``)."""
+    return ["--annotations", str(sources.annotations), "--images", str(sources.images)]
 
 
 def build_parser() -> argparse.ArgumentParser:
