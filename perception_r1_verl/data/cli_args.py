@@ -54,8 +54,9 @@ def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     )
 
 
-def print_summary(summary: dict, file=sys.stderr) -> None:
-    """The end-of-run report: rows written and every rule hit."""
+def print_summary(summary: dict, file=None) -> None:
+    """The end-of-run report (to ``file``, default the current ``sys.stderr``): rows written and every rule hit."""
+    file = file or sys.stderr
     print(
         f"{summary['source']}: wrote {summary['rows']} rows from {summary['records_visited']} of "
         f"{summary['records']} records to {summary['out']} ({summary['rows_per_second']} rows/s)",

@@ -1,7 +1,8 @@
 """``perception-r1-eval suite``: every benchmark split of the paper, prepared, generated and scored.
 
 ``DATASET_ROOT`` holds one folder per benchmark family; each folder is laid out as the
-training recipe of the same name takes its own ``DATASET_ROOT`` (``recipe.dataset_args``),
+training recipe of the same name takes its own ``DATASET_ROOT`` (the converter's
+``release_args``, ``perception_r1_verl/data/<task>.py``),
 so one download serves both::
 
     DATASET_ROOT/

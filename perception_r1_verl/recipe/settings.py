@@ -101,7 +101,7 @@ class Settings:
         suffix = f"_lora{lora_rank}" if lora_rank else ""
         root = env.get("DATASET_ROOT")
         curriculum = env_flag(env, "CURRICULUM")
-        if curriculum and task.reward_task != "detection":
+        if curriculum and not task.curriculum:
             raise SystemExit(f"CURRICULUM is an option of the detection recipe, not of {task.name}")
         logger = tuple(x.strip() for x in env.get("LOGGER", "console").split(",") if x.strip())
         if task is MIX and env.get("TRAIN_LIMIT", "").strip():

@@ -18,13 +18,14 @@ class Task:
     model: str  # the paper's base model (MODEL_PATH's default)
     model_family: str  # the answer frame when the model's name does not tell
     train_limit: int | None  # the paper's training subset (Table 7); None: all rows
+    curriculum: bool = False  # takes CURRICULUM=1 (rows ordered by object count)
 
 
 TASKS = {
     task.name: task
     for task in (
         # Qwen2.5-VL-3B for detection (the paper: "specialized optimization for localizing boxes").
-        Task("coco_det", "detection", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", None),
+        Task("coco_det", "detection", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", None, curriculum=True),
         Task("refcoco", "grounding", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 5000),
         Task("pixmo_count", "counting", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 10000),
         Task("page_ocr", "ocr", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 5000),

@@ -3,7 +3,7 @@
     python tests/e2e/launch.py RUN_DIR TASK [hydra overrides...]   (env: MODEL_PATH, DATA_DIR, CURRICULUM)
 
 1. ``bash recipes/<TASK>.sh`` with ``DRY_RUN=1`` prepares the offline sample and prints
-   "launch command:" followed by the command (perception_r1_verl/recipe.py);
+   "launch command:" followed by the command (perception_r1_verl/recipe/main.py);
 2. that command runs with CPU_OVERRIDES and the run's own overrides appended, and with
    ``VERL_PLATFORM=cpu`` (tests/e2e/harness), its console in RUN_DIR/console.log and
    verl's file logger in RUN_DIR/metrics.jsonl.
