@@ -1,4 +1,6 @@
-"""ESTIMATE of GPU memory per card for the recipes, and the settings that fit (README, *Memory*).
+"""ESTIMATE of GPU memory per card for the recipes, and the settings that fit.
+
+The table it prints is docs/training.md#memory-per-card-an-estimate.
 
 Nothing here is measured: it is arithmetic on each model's published config.json (values
 below) and on how verl 0.9.1 lays out one colocated FSDP + vLLM worker per GPU. The

@@ -1,4 +1,4 @@
-"""Hand-made splits following the README's reward contract, for the evaluation tests."""
+"""Hand-made splits following the reward contract (docs/rewards.md), for the evaluation tests."""
 
 from __future__ import annotations
 

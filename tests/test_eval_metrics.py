@@ -1,6 +1,6 @@
 """Grounding, counting and OCR metrics against values computed by hand, through the CLI's path.
 
-Splits are hand-made parquet files following the README's reward contract.
+Splits are hand-made parquet files following the reward contract (docs/rewards.md).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""Dataset converters to verl's multimodal parquet (see README, *Preparing data*)."""
+"""Dataset converters to verl's multimodal parquet (see docs/data.md)."""

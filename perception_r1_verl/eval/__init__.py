@@ -3,5 +3,5 @@
 ``perception-r1-eval generate`` writes ``{"index", "response"}`` jsonl (vLLM, else
 transformers); ``perception-r1-eval score`` turns it into ``metrics.json``, ``metrics.md``,
 ``samples.jsonl``, ``report.html`` and, for detection, the COCO ``detections.json`` that
-pycocotools evaluated. See the README's *Evaluation* section.
+pycocotools evaluated. See docs/evaluation.md.
 """
