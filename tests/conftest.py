@@ -2,7 +2,7 @@
 
 Helpers a test imports live beside this file: ``qwen_fixtures`` (Qwen-VL processor files),
 ``data_sources`` (real third-party data, converter options and command line),
-``eval_fixtures`` (hand-made evaluation splits).
+``eval_fixtures`` (hand-made evaluation splits), ``recipe_fixtures`` (the recipes' config and launch command).
 """
 
 from __future__ import annotations

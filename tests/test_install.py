@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from test_recipes import CONFIG, recipe_config
+from recipe_fixtures import CONFIG, recipe_config
 
 from perception_r1_verl.recipe import hub
 from perception_r1_verl.recipe import main as recipe_main

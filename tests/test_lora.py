@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_recipes import CONFIG, recipe_config
+from recipe_fixtures import CONFIG, recipe_config
 
 from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, launch_command, validate
 from perception_r1_verl.recipe.overrides import LORA_EXCLUDE_MODULES, LORA_LR, env_overrides

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
-from test_recipes import CONFIG, MAX_RESPONSE, RECIPES, _launch_overrides, recipe_config
+from recipe_fixtures import CONFIG, MAX_RESPONSE, RECIPES, launch_overrides, recipe_config
 
 from perception_r1_verl.data.mix import parse_mix
 from perception_r1_verl.recipe.config import compose, validate
@@ -56,7 +56,7 @@ def test_the_mix_recipe_prepares_checks_and_prints_the_launch(mix_run):
     # One reference answer per task scored at its maximum (the check passed: exit 0).
     for score in ("2.000", "3.000"):
         assert f"row 0 reference score={score}" in stdout
-    overrides = _launch_overrides(stdout, MIX.name)
+    overrides = launch_overrides(stdout, MIX.name)
     assert overrides[-1] == "trainer.test_freq=10"
     config = compose(CONFIG, MIX.name, overrides)
     validate(config)  # the printed command is the checked one

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+from recipe_fixtures import CONFIG, MAX_RESPONSE, RECIPES, REPO, launch_overrides, recipe_config
 
 from perception_r1_verl.recipe import main as recipe_main
 from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, launch_command, validate
@@ -30,11 +31,6 @@ from perception_r1_verl.recipe.reward_check import check_scores, score_rows
 from perception_r1_verl.recipe.settings import Settings, cuda_gpu_count
 from perception_r1_verl.recipe.tasks import MIX, TASKS, task_named
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPES = REPO / "recipes"
-CONFIG = RECIPES / "config"
-# The paper's response caps (recipes/config/<task>.yaml).
-MAX_RESPONSE = {"coco_det": 2048, "refcoco": 768, "pixmo_count": 768, "page_ocr": 2048, "perception_mix": 2048}
 # The override lists the config files replaced: build_overrides of perception_r1_verl/recipe.py at
 # commit 3e6c635, per case ({"task", "env", "overrides"}; env NO_FLASH_ATTN: Settings.flash_attn=False).
 GOLDEN = json.loads((Path(__file__).parent / "data" / "recipe_overrides_3e6c635.json").read_text())
@@ -61,11 +57,6 @@ def recipe_env(task: str, data_dir: Path, model_dir: Path, **extra: str) -> dict
 
 def settings_for(task: str, data_dir: Path, model_dir: Path, **extra: str) -> Settings:
     return Settings.from_env(TASKS[task], env=recipe_env(task, data_dir, model_dir, **extra), gpus=0)
-
-
-def recipe_config(task: str, settings: Settings, *extra: str):
-    """``recipes/config/<task>.yaml`` with the environment's overrides and ``extra``, as launched."""
-    return compose(CONFIG, task, env_overrides(task_named(task), settings) + list(extra))
 
 
 @pytest.fixture(scope="module")
@@ -301,16 +292,6 @@ def test_without_verl_the_project_venv_is_set_up_and_used(tmp_path):
 # ---------------------------------------------------------------- the CPU path end to end
 
 
-def _launch_overrides(stdout: str, task: str) -> list[str]:
-    """The overrides of the ``main_ppo`` command printed on the line after "[recipe] launch command:"
-    (as tests/e2e/launch.py reads it), after its config folder and name."""
-    lines = stdout.splitlines()
-    argv = shlex.split(lines[lines.index("[recipe] launch command:") + 1])
-    start = argv.index(LAUNCH_MODULE) + 1
-    assert argv[start : start + 4] == ["--config-path", str(CONFIG), "--config-name", task]
-    return argv[start + 4 :]
-
-
 def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_processor_dir):
     """``bash recipes/coco_det.sh trainer.total_epochs=2`` from an empty directory."""
     env = {
@@ -334,7 +315,7 @@ def test_the_cpu_path_runs_end_to_end_in_a_clean_directory(tmp_path, qwen2_5_vl_
     assert "[validate_config] All configuration checks passed" in out.stdout
     assert "row 0 reference score=3.000" in out.stdout
     assert ("DRY_RUN is set" if gpu else "training needs GPUs") in out.stdout
-    overrides = _launch_overrides(out.stdout, "coco_det")
+    overrides = launch_overrides(out.stdout, "coco_det")
     assert overrides[-1] == "trainer.total_epochs=2"
     validate(compose(CONFIG, "coco_det", overrides))  # the printed command is the checked one
 
@@ -384,7 +365,7 @@ def test_the_cpu_path_of_the_other_recipes(task, tmp_path, monkeypatch, capsys, 
     stdout = capsys.readouterr().out
     assert "row 1 reference" in stdout and "DRY_RUN is set" in stdout
     overrides = env_overrides(TASKS[task], Settings.from_env(TASKS[task], gpus=0))
-    assert _launch_overrides(stdout, task) == overrides
+    assert launch_overrides(stdout, task) == overrides
     assert plan.read_text() == recipe_main.plan_text(overrides, False, {})
 
 
