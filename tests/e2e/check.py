@@ -165,6 +165,21 @@ def check_learning(steps: dict[int, dict]) -> None:
         finite(metrics, "actor/pg_loss")
 
 
+def check_weight_sync(steps: dict[int, dict]) -> None:
+    """The rollout engine serves the trainer's weights: per token, vLLM's probabilities of its
+    samples correlate with the trainer's recomputed ones (verl's rollout_corr metrics).
+
+    vLLM starts from dummy weights (verl's default ``rollout.load_format=dummy``; a LoRA run
+    loads the base and syncs the adapter), so without verl's weight sync it would sample
+    near-uniform tokens at near-constant probability, uncorrelated with the trainer's. The
+    values differ (vLLM reports probabilities after top-k/top-p, ``logprobs_mode=
+    processed_logprobs``); their correlation does not depend on that.
+    """
+    for step, metrics in steps.items():
+        corr = finite(metrics, "training/rollout_actor_probs_pearson_corr")
+        assert corr > 0.5, f"step {step}: rollout vs trainer token-probability correlation {corr:.3f}"
+
+
 def check_weights_moved(initial: Path, merged: Path) -> int:
     """The merged checkpoint's weights differ from the initial model's; returns how many elements.
 

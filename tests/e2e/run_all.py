@@ -87,6 +87,7 @@ class Runner:
         rows = train_rows(self.data, task)
         sources = {row["data_source"]: row["extra_info"]["task"] for row in rows}
         metrics = check.check_steps(run_dir, sources, steps)
+        check.check_weight_sync(metrics)
         if validate:
             check.check_validation(run_dir, sources)
         infos = {(row["data_source"], row["extra_info"]["index"]): row["extra_info"] for row in rows}
@@ -95,6 +96,7 @@ class Runner:
             m = metrics[step]
             self.report.append(
                 f"{name} step {step}: timing_s/step {m['timing_s/step']:.1f}, timing_s/gen {m['timing_s/gen']:.1f}, "
+                f"rollout/trainer probability correlation {m['training/rollout_actor_probs_pearson_corr']:.2f}, "
                 f"rescoring its {len(check.rollout_rows(run_dir, step))} rollouts {1000 * rescoring[step]:.2f} ms "
                 f"({100 * rescoring[step] / m['timing_s/step']:.3f} % of the step; verl 0.9.1's v1 trainer "
                 "logs no timing_s/reward)"
