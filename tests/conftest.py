@@ -7,10 +7,24 @@ Helpers a test imports live beside this file: ``qwen_fixtures`` (Qwen-VL process
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from qwen_fixtures import write_qwen2_5_vl_processor
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline_flag_kept():
+    """Each test sees ``HF_HUB_OFFLINE`` as the session started: a recipe preflight that finds
+    the hub unreachable sets it in its own process for the trainer it launches
+    (``recipe.hub.load_tokenizer``), which in a test session would leak into later tests."""
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    yield
+    if saved is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = saved
 
 
 @pytest.fixture(scope="session")
