@@ -11,7 +11,7 @@ training step (there is no frequency setting), one line per rollout, via
   token-level reward) and ``step``;
 - the v1 trainer (``trainer.use_v1=true``, verl's default and the recipes' choice) adds
   only ``uid`` (``{prompt uuid}_{session}_{output}``: the rollouts of one prompt share the
-  first part), and this plugin's wrapper (:mod:`perception_r1_verl.step_metrics`) adds
+  first part), and this plugin's wrapper (:mod:`perception_r1_verl.plugin.step_metrics`) adds
   ``data_source``, ``index`` and ``task`` of the row, ``is_padding`` and every
   ``reward_extra_info`` key: each reward component as the manager computed it (``None``
   where it does not apply) and the counters ``reward_timeout``/``reward_error``;
@@ -51,8 +51,8 @@ from .. import rewards
 from ..boxes import pairwise_iou_giou
 from ..frames import row_frame, to_pixels
 from ..parsing import Answer, parse_answer
+from ..plugin.step_metrics import COUNTERS
 from ..prompts import IMAGE_TOKEN
-from ..step_metrics import COUNTERS
 from .dataset import Sample, read_images
 from .drawing import PRED_COLOR, THUMB, draw_boxes, draw_points, img_tag
 from .metrics import get_metric

@@ -39,7 +39,7 @@ def score_rows(config, rows: list[dict], tokenizer=None, allow_offline: bool = F
     """
     from verl.trainer.ppo.reward import load_reward_manager
 
-    from perception_r1_verl.verl_plugin import check_registered
+    from perception_r1_verl.plugin.verl_plugin import check_registered
 
     check_registered()
     tokenizer = tokenizer or load_tokenizer(config, allow_offline)
