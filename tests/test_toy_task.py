@@ -28,8 +28,9 @@ from perception_r1_verl.eval import metrics, rollouts
 from perception_r1_verl.eval.dataset import Sample
 from perception_r1_verl.eval.score import score, score_samples
 from perception_r1_verl.labels import normalise_label
-from perception_r1_verl.parsing import answer_text, parse_answer, render_answer, render_text
+from perception_r1_verl.parsing import answer_text, parse_answer
 from perception_r1_verl.prompts import PROMPTS, prompt_text, register_prompt
+from perception_r1_verl.rewards import render_answer, render_text
 
 SWATCH = (255, 0, 255)  # what the toy metric draws on every case image
 

