@@ -1,12 +1,10 @@
 """Coordinate frames of the Qwen-VL families.
 
-Each family answers boxes in its own frame, and ground truth must be written in that
-frame or the reward is silently capped:
-
-- ``qwen2_5_vl``: absolute pixels of the image the model was fed, i.e. after
-  ``smart_resize`` with factor 28 (patch 14, 2x2 merge).
-- ``qwen2_vl`` and ``qwen3_vl``: 0-1000 relative coordinates, whatever the image size.
-  Qwen3-VL's vision patch is 16, so its resize factor is 32.
+Each family answers boxes in its own frame (its record's ``answer_frame``,
+:mod:`perception_r1_verl.families`), and ground truth must be written in that frame or
+the reward is silently capped: ``"pixels"`` of the image the model was fed, i.e. after
+``smart_resize`` with the family's ``resize_factor`` (Qwen2.5-VL: 28, patch 14 and a 2x2
+merge), or ``"relative"`` 0-1000 coordinates whatever the image size (Qwen2-VL, Qwen3-VL).
 
 Sizes are ``(width, height)`` throughout, as PIL and the answer boxes use them.
 """
@@ -15,22 +13,15 @@ from __future__ import annotations
 
 import math
 
-MODEL_FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
-RELATIVE_SCALE = 1000  # Qwen2-VL / Qwen3-VL answer in [0, 1000]
+from perception_r1_verl.families import family
+
+RELATIVE_SCALE = 1000  # the "relative" answer frame: [0, 1000]
 # Bound for coordinates when a row names no frame: keeps areas and distances finite.
 COORD_LIMIT = 1_000_000
-RESIZE_FACTOR = {"qwen2_vl": 28, "qwen2_5_vl": 28, "qwen3_vl": 32}
 # The paper's and verl's pixel bounds (verl passes them to qwen_vl_utils.fetch_image).
 DEFAULT_MIN_PIXELS = 3136
 DEFAULT_MAX_PIXELS = 1_000_000
 _MAX_ASPECT = 200  # the processors refuse more extreme aspect ratios
-
-
-def check_family(family: str) -> str:
-    """Return ``family`` if known, else raise a ValueError naming the choices."""
-    if family not in RESIZE_FACTOR:
-        raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
-    return family
 
 
 def smart_resize(
@@ -69,16 +60,16 @@ def smart_resize(
 
 
 def input_size(
-    family: str,
+    model_family: str,
     image_size: tuple[int, int],
     min_pixels: int = DEFAULT_MIN_PIXELS,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[int, int]:
     """Size ``(width, height)`` of the image the model sees for an original ``image_size``."""
-    return smart_resize(*image_size, RESIZE_FACTOR[check_family(family)], min_pixels, max_pixels)
+    return smart_resize(*image_size, family(model_family).resize_factor, min_pixels, max_pixels)
 
 
-def answer_frame(family: str, input_wh: tuple[int, int]) -> tuple[int, int]:
+def answer_frame(model_family: str, input_wh: tuple[int, int]) -> tuple[int, int]:
     """Extent ``(width, height)`` of the coordinates the family answers in.
 
     >>> answer_frame("qwen2_5_vl", (644, 476))
@@ -86,7 +77,7 @@ def answer_frame(family: str, input_wh: tuple[int, int]) -> tuple[int, int]:
     >>> answer_frame("qwen2_vl", (644, 476))
     (1000, 1000)
     """
-    if check_family(family) == "qwen2_5_vl":
+    if family(model_family).answer_frame == "pixels":
         return tuple(input_wh)
     return (RELATIVE_SCALE, RELATIVE_SCALE)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from perception_r1_verl.frames import check_family
+from perception_r1_verl.families import family
 from perception_r1_verl.registry import Registry
 
 IMAGE_TOKEN = "<image>"
@@ -53,7 +53,7 @@ def prompt_text(
     >>> prompt_text("ocr", "qwen3_vl", think=True)[:30]
     '<image>OCR this image. Output '
     """
-    json_family = check_family(model_family) != "qwen2_vl"
+    json_family = family(model_family).answer_style == "json"
     text = PROMPTS.lookup(task)(PromptFields(expression, label, categories), json_family)
     return IMAGE_TOKEN + text + (THINK_INSTRUCTION if think else "")
 

@@ -59,8 +59,10 @@ def qwen_tokenizer_files() -> Path:
 
 
 def write_qwen2_5_vl_processor(folder: Path) -> Path:
-    """Write a loadable Qwen2.5-VL processor folder (tokenizer + image processor + template)."""
+    """Write a loadable Qwen2.5-VL processor folder (tokenizer + image processor + template),
+    with the ``config.json`` ``model_type`` a model folder has (the recipes read the family from it)."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl"}))
     for f in qwen_tokenizer_files().iterdir():
         shutil.copy(f, folder / f.name)
     (folder / "preprocessor_config.json").write_text(json.dumps(QWEN2_5_VL_PREPROCESSOR, indent=2))

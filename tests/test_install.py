@@ -150,7 +150,12 @@ def test_flash_attn_is_not_importable_here_and_the_recipe_knows_why():
 
 @pytest.mark.parametrize("curriculum", ["", "1"])
 def test_without_flash_attn_the_launch_uses_sdpa_and_passes_validate_config(curriculum, tmp_path):
-    env = {"DATA_DIR": str(tmp_path), "MODEL_PATH": str(tmp_path / "model"), "CURRICULUM": curriculum}
+    env = {
+        "DATA_DIR": str(tmp_path),
+        "MODEL_PATH": str(tmp_path / "model"),
+        "MODEL_FAMILY": "qwen2_5_vl",
+        "CURRICULUM": curriculum,
+    }
     settings = Settings.from_env(TASKS["coco_det"], env=env, gpus=8)
     assert settings.flash_attn is False  # 8 GPUs, and flash-attn does not import here
     config = recipe_config("coco_det", settings)

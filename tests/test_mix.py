@@ -98,7 +98,7 @@ def test_the_mixed_training_set_loads_through_verls_rlhf_dataset(mix_run, qwen2_
 def test_a_mix_prepared_for_more_rows_is_refused(mix_run):
     _, settings = mix_run
     smaller = {**SMALL_MIX, "refcoco": 2}
-    env = mix_env(settings.data_dir.parent, "unused", MIX=",".join(f"{k}:{v}" for k, v in smaller.items()))
+    env = mix_env(settings.data_dir.parent, MIX.model, MIX=",".join(f"{k}:{v}" for k, v in smaller.items()))
     with pytest.raises(SystemExit, match="refcoco: 6 rows prepared, MIX asks 2"):
         prepare_data(MIX, Settings.from_env(MIX, env=env, gpus=0))
 

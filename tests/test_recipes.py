@@ -23,6 +23,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from recipe_fixtures import CONFIG, MAX_RESPONSE, RECIPES, REPO, launch_overrides, recipe_config
 
+from perception_r1_verl.families import family_of_model
 from perception_r1_verl.recipe import main as recipe_main
 from perception_r1_verl.recipe.config import LAUNCH_MODULE, compose, launch_command, validate
 from perception_r1_verl.recipe.data import prep_command, prepare_data, read_rows
@@ -48,7 +49,7 @@ def recipe_env(task: str, data_dir: Path, model_dir: Path, **extra: str) -> dict
     return {
         "DATA_DIR": str(data_dir),
         "MODEL_PATH": str(model_dir),
-        "MODEL_FAMILY": TASKS[task].model_family,
+        "MODEL_FAMILY": family_of_model(TASKS[task].model),
         "TRAIN_LIMIT": "16",
         "VAL_LIMIT": "4",
         **extra,

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from perception_r1_verl import frames
 from perception_r1_verl.data.driver import summary_path
-from perception_r1_verl.data.options import IMAGE_STORES, QWEN3_VL_MIN_PIXELS, ConvertOptions
+from perception_r1_verl.data.options import IMAGE_STORES, ConvertOptions
 from perception_r1_verl.data.rules import DataError
+from perception_r1_verl.families import MODEL_FAMILIES, family, family_of_model
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +20,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split name written to extra_info (default: train)")
     parser.add_argument("--limit", type=int, help="stop after this many rows, drawn at random (see --seed)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw (default: 0)")
-    parser.add_argument("--model-family", default="qwen2_5_vl", choices=frames.MODEL_FAMILIES)
+    parser.add_argument(
+        "--model-family",
+        choices=MODEL_FAMILIES,
+        help="the answer frame the rows are written for (default: --model's, else qwen2_5_vl)",
+    )
+    parser.add_argument(
+        "--model",
+        help="the model to train: a local folder (its config.json model_type) or a hub name; gives --model-family",
+    )
     parser.add_argument(
         "--min-pixels",
         type=int,
-        help=f"default {frames.DEFAULT_MIN_PIXELS}, {QWEN3_VL_MIN_PIXELS} for qwen3_vl (its processor's minimum)",
+        help=f"default {frames.DEFAULT_MIN_PIXELS}, {family('qwen3_vl').min_pixels} for qwen3_vl (its processor's minimum)",
     )
     parser.add_argument("--max-pixels", type=int, default=frames.DEFAULT_MAX_PIXELS)
     parser.add_argument("--think", action="store_true", help="ask for <think>...</think><answer>...</answer>")
@@ -38,10 +47,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def model_family_from_args(args: argparse.Namespace) -> str:
+    """``--model-family``, else the family ``--model`` is read as, else ``qwen2_5_vl``; a
+    ``--model`` of no known family is an error that asks for ``--model-family``."""
+    if args.model_family or not args.model:
+        return args.model_family or "qwen2_5_vl"
+    try:
+        return family_of_model(args.model)
+    except ValueError as e:
+        raise DataError(f"{e}: pass --model-family") from None
+
+
 def options_from_args(args: argparse.Namespace) -> ConvertOptions:
     return ConvertOptions(
         split=args.split,
-        model_family=args.model_family,
+        model_family=model_family_from_args(args),
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
         think=args.think,

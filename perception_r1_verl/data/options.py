@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from perception_r1_verl import frames
+from perception_r1_verl.families import family
 
-# Qwen3-VL's processor enlarges anything under 65536 pixels (its size.shortest_edge), so an
-# image verl resized with a smaller minimum would reach the model at another size.
-QWEN3_VL_MIN_PIXELS = 65536
 IMAGE_STORES = ("original", "resized")
 
 
@@ -18,7 +16,7 @@ class ConvertOptions:
 
     split: str = "train"
     model_family: str = "qwen2_5_vl"
-    min_pixels: int | None = None  # None: the family's processor minimum (see QWEN3_VL_MIN_PIXELS)
+    min_pixels: int | None = None  # None: the family's processor minimum (Family.min_pixels)
     max_pixels: int = frames.DEFAULT_MAX_PIXELS
     think: bool = False
     limit: int | None = None
@@ -30,9 +28,9 @@ class ConvertOptions:
     progress: bool = True
 
     def __post_init__(self):
-        frames.check_family(self.model_family)
+        record = family(self.model_family)  # an unknown family raises here
         if self.min_pixels is None:
-            self.min_pixels = QWEN3_VL_MIN_PIXELS if self.model_family == "qwen3_vl" else frames.DEFAULT_MIN_PIXELS
+            self.min_pixels = record.min_pixels
         if not 0 < self.min_pixels <= self.max_pixels:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
         if self.image_store not in IMAGE_STORES:

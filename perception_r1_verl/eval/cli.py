@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from .. import frames
+from ..families import MODEL_FAMILIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     su.add_argument(
         "--model-family",
         default=None,
-        choices=frames.MODEL_FAMILIES,
+        choices=MODEL_FAMILIES,
         help="answer frame the splits are prepared for (default: the model's config.json model_type)",
     )
     su.add_argument("--limit", type=int, default=None, help="prepare at most this many rows per split (smoke runs)")

@@ -46,13 +46,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import frames
+from .. import families
 from ..data.coco_det import convert_coco
 from ..data.driver import summary_path
 from ..data.options import ConvertOptions
 from ..data.page_ocr import convert_page_ocr
 from ..data.pixmo_count import convert_pixmo_count
 from ..data.refcoco import convert_refcoco
+from ..families import family_of_model
 from . import generate as gen
 from .paper import CITATION, LOWER_IS_BETTER, TABLES, format_paper, metric_value, paper_values
 from .score import format_value, score
@@ -178,12 +179,11 @@ def find_inputs(bench: Benchmark, root: Path, split: str) -> tuple[Layout | None
 
 
 def model_family_of(model) -> str:
-    """The family of a model folder, from its ``config.json`` ``model_type``."""
-    config = json.loads((gen.resolve_model_dir(model) / "config.json").read_text())
-    family = config.get("model_type")
-    if family not in frames.MODEL_FAMILIES:
-        raise SuiteError(f"{model}: model_type {family!r} is not one of {frames.MODEL_FAMILIES}; pass --model-family")
-    return family
+    """The family of a model folder (a hub name is downloaded first), from its ``config.json``."""
+    try:
+        return family_of_model(gen.resolve_model_dir(model))
+    except ValueError as e:
+        raise SuiteError(f"{e}; pass --model-family") from None
 
 
 def prepared_summary(data: Path, options: ConvertOptions) -> dict | None:
@@ -286,7 +286,7 @@ def run_suite(
     if limit is not None and limit <= 0:
         raise SuiteError(f"limit must be positive, got {limit}")
     chosen, named = select(benchmarks)
-    family = frames.check_family(model_family) if model_family else model_family_of(model)
+    family = families.family(model_family).name if model_family else model_family_of(model)
     todo, results, unmet = [], [], []
     for bench in chosen:
         for split in bench.splits + bench.optional:

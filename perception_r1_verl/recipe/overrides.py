@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from perception_r1_verl import frames
+from perception_r1_verl.families import family
 from perception_r1_verl.recipe.settings import Settings
 from perception_r1_verl.recipe.tasks import Task
 
@@ -45,7 +45,7 @@ def env_overrides(task: Task, settings: Settings) -> list[str]:
         f"data.train_files={files_override(settings.data_files('train'))}",
         f"data.val_files={files_override(settings.data_files('val'))}",
         # qwen_vl_utils resizes with factor 2 x patch: 28 for Qwen2/2.5-VL, 32 for Qwen3-VL.
-        f"data.image_patch_size={frames.RESIZE_FACTOR[settings.model_family] // 2}",
+        f"data.image_patch_size={family(settings.model_family).resize_factor // 2}",
         f"data.seed={settings.seed}",
         f"actor_rollout_ref.model.path={settings.model_path}",
         f"trainer.n_gpus_per_node={settings.n_gpus_per_node}",

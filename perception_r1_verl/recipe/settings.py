@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from perception_r1_verl import frames
 from perception_r1_verl.data.mix import parse_mix
-from perception_r1_verl.recipe.tasks import DEFAULT_MIX, MIX, TASKS, Task, model_family
+from perception_r1_verl.families import MODEL_FAMILIES, family, family_of_model
+from perception_r1_verl.recipe.tasks import DEFAULT_MIX, MIX, TASKS, Task
 
 
 def env_int(env, name: str, default: int | None) -> int | None:
@@ -108,10 +108,15 @@ class Settings:
             raise SystemExit("TRAIN_LIMIT is not read by perception_mix: its MIX gives each task's rows")
         train_limit = env_int(env, "TRAIN_LIMIT", task.train_limit)
         val_limit = env_int(env, "VAL_LIMIT", 500)
-        family = frames.check_family(env.get("MODEL_FAMILY") or model_family(model_path, task.model_family))
+        try:  # read from the model, never guessed: a wrong frame trains against flat IoU
+            model_family = family(env.get("MODEL_FAMILY") or family_of_model(model_path)).name
+        except ValueError as e:
+            raise SystemExit(
+                f"{e}; set MODEL_FAMILY to the family it answers as: {', '.join(MODEL_FAMILIES)}"
+            ) from None
         return cls(
             model_path=model_path,
-            model_family=family,
+            model_family=model_family,
             data_dir=Path(env.get("DATA_DIR") or "data").expanduser().resolve() / task.name,
             dataset_root=Path(root).expanduser().resolve() if root else None,
             n_gpus_per_node=env_int(env, "N_GPUS_PER_NODE", gpus or 8),

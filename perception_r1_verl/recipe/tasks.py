@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-# Model-name spellings of each family (after lower-casing, "_" and "." -> "-"), most specific first.
-FAMILY_NAMES = (("qwen3-vl", "qwen3_vl"), ("qwen2-5-vl", "qwen2_5_vl"), ("qwen2-vl", "qwen2_vl"))
 
 
 @dataclass(frozen=True)
@@ -15,8 +11,7 @@ class Task:
 
     name: str  # recipe, config file and perception-r1-prep source name
     reward_task: str  # extra_info["task"] of its rows
-    model: str  # the paper's base model (MODEL_PATH's default)
-    model_family: str  # the answer frame when the model's name does not tell
+    model: str  # the paper's base model (MODEL_PATH's default; its family from its name)
     train_limit: int | None  # the paper's training subset (Table 7); None: all rows
     curriculum: bool = False  # takes CURRICULUM=1 (rows ordered by object count)
 
@@ -25,10 +20,10 @@ TASKS = {
     task.name: task
     for task in (
         # Qwen2.5-VL-3B for detection (the paper: "specialized optimization for localizing boxes").
-        Task("coco_det", "detection", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", None, curriculum=True),
-        Task("refcoco", "grounding", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 5000),
-        Task("pixmo_count", "counting", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 10000),
-        Task("page_ocr", "ocr", "Qwen/Qwen2-VL-2B-Instruct", "qwen2_vl", 5000),
+        Task("coco_det", "detection", "Qwen/Qwen2.5-VL-3B-Instruct", None, curriculum=True),
+        Task("refcoco", "grounding", "Qwen/Qwen2-VL-2B-Instruct", 5000),
+        Task("pixmo_count", "counting", "Qwen/Qwen2-VL-2B-Instruct", 10000),
+        Task("page_ocr", "ocr", "Qwen/Qwen2-VL-2B-Instruct", 5000),
     )
 }
 
@@ -36,7 +31,7 @@ TASKS = {
 # own prompt and answer frame, the data of every task prepared for the one model family.
 # Qwen2.5-VL-3B is the paper's detection model, the hardest of the four tasks, and answers
 # the other three in its own frame.
-MIX = Task("perception_mix", "mixed", "Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl", None)
+MIX = Task("perception_mix", "mixed", "Qwen/Qwen2.5-VL-3B-Instruct", None)
 # Rows drawn from each task's training set (``MIX``): the paper's subsets (Table 7) for
 # RefCOCO, PixMo-Count and page OCR. The paper trains detection on all of COCO (118k
 # images), which would be 85% of the mix; 10k is the subset of its reward ablation
@@ -47,13 +42,3 @@ DEFAULT_MIX = {"refcoco": 5000, "pixmo_count": 10000, "page_ocr": 5000, "coco_de
 def task_named(name: str) -> Task:
     """The task a recipe name stands for."""
     return MIX if name == MIX.name else TASKS[name]
-
-
-def model_family(model_path: str, default: str) -> str:
-    """The Qwen-VL family a model path names, else ``default``.
-
-    >>> model_family("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_vl"), model_family("/ckpt/step_100", "qwen2_vl")
-    ('qwen2_5_vl', 'qwen2_vl')
-    """
-    name = Path(model_path).name.lower().replace("_", "-").replace(".", "-")
-    return next((family for spelling, family in FAMILY_NAMES if spelling in name), default)

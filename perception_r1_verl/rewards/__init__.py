@@ -19,9 +19,10 @@ from functools import lru_cache
 
 import orjson
 
+from ..families import answer_style
 from .counting import CountingReward
 from .detection import DetectionReward
-from .format import STYLE_OF_FAMILY, format_score
+from .format import format_score
 from .grounding import GroundingReward
 from .ocr import OCRReward
 from .registry import REWARDS, get_reward_cls, register
@@ -153,5 +154,5 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kw
     task = task_of(data_source, extra_info)
     reward = _reward(task, _freeze(kwargs)) if kwargs else _reward(task, ())
     truth = _truth(task, ground_truth if isinstance(ground_truth, str) else orjson.dumps(ground_truth).decode())
-    style = STYLE_OF_FAMILY.get(extra_info.get("model_family"))
+    style = answer_style(extra_info.get("model_family"))
     return reward(solution_str, truth, bool(extra_info.get("think", False)), style)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from ..parsing import Answer
 
-# The answer style each model family is prompted for.
-STYLE_OF_FAMILY = {"qwen2_vl": "box_tokens", "qwen2_5_vl": "json", "qwen3_vl": "json"}
-
 
 def format_score(answer: Answer, style: str | None = None, single: bool = False, n_bad: int = 0) -> float:
     """1 for a complete, well-formed answer in the expected ``style``; partial credit per item.

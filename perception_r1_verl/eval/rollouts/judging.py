@@ -10,6 +10,7 @@ import numpy as np
 
 from ... import rewards
 from ...boxes import pairwise_iou_giou
+from ...families import answer_style
 from ...parsing import Answer, parse_answer
 from ..dataset import Sample
 from ..metrics import get_metric
@@ -75,7 +76,7 @@ def judge(task: str, answer: Answer, n_gt: int) -> dict[str, str]:
 
 def _recompute(rollout: Rollout, sample: Sample) -> dict | None:
     info = dict(sample.extra_info)
-    if info.get("model_family") == "qwen2_vl":
+    if answer_style(info.get("model_family")) == "box_tokens":
         info.pop("model_family")  # the dump dropped the box tokens this family is asked for
     try:
         return rewards.compute_score(sample.data_source, rollout.output, rollout.gts, extra_info=info)
