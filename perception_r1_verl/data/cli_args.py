@@ -47,6 +47,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def path_flags(paths: dict[str, Path]) -> list[str]:
+    """A converter's path inputs as its flags, in order.
+
+    >>> path_flags({"table": Path("/d/t.parquet"), "images": Path("/d/images")})
+    ['--table', '/d/t.parquet', '--images', '/d/images']
+    """
+    return [flag for name, path in paths.items() for flag in (f"--{name}", str(path))]
+
+
 def model_family_from_args(args: argparse.Namespace) -> str:
     """``--model-family``, else the family ``--model`` is read as, else ``qwen2_5_vl``; a
     ``--model`` of no known family is an error that asks for ``--model-family``."""

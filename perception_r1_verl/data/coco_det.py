@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.cli_args import add_common_args, path_flags, run_cli
 from perception_r1_verl.data.driver import Job, RowBuilder, convert
 from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.options import ConvertOptions
@@ -153,8 +153,18 @@ def convert_coco(
 
 
 # The training recipe's sources (perception_r1_verl.recipe.data): the release under DATASET_ROOT
-# (annotations/instances_{train,val}2017.json and {train,val}2017/), and the offline sample.
+# (release_paths), and the offline sample.
 RELEASE_SPLITS = {"train": "train2017", "val": "val2017"}
+
+
+def release_paths(root: Path, name: str) -> dict[str, Path]:
+    """The converter's inputs for COCO 2017's ``name`` (``train2017``, ``val2017``) under
+    ``root``: the one description of the layout, read by the recipe and the eval suite.
+
+    >>> release_paths(Path("/d"), "val2017")
+    {'annotations': PosixPath('/d/annotations/instances_val2017.json'), 'images': PosixPath('/d/val2017')}
+    """
+    return {"annotations": root / "annotations" / f"instances_{name}.json", "images": root / name}
 
 
 def release_args(split: str, root: Path) -> list[str]:
@@ -163,8 +173,7 @@ def release_args(split: str, root: Path) -> list[str]:
     >>> release_args("val", Path("/d"))
     ['--annotations', '/d/annotations/instances_val2017.json', '--images', '/d/val2017']
     """
-    name = RELEASE_SPLITS[split]
-    return ["--annotations", str(root / "annotations" / f"instances_{name}.json"), "--images", str(root / name)]
+    return path_flags(release_paths(root, RELEASE_SPLITS[split]))
 
 
 def sample_args(sources: SampleSources) -> list[str]:

@@ -18,7 +18,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.cli_args import add_common_args, path_flags, run_cli
 from perception_r1_verl.data.driver import Job, RowBuilder, convert
 from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import Layout, as_paths, image_key, keep, one_image, read_layout, with_root
@@ -136,15 +136,26 @@ def convert_page_ocr(
     return convert(jobs, ocr_builder(options, data_source), out, options, stats)
 
 
-# The training recipe's sources (perception_r1_verl.recipe.data): {train,val}.jsonl of
-# {"image", "text"} under DATASET_ROOT, beside the images, and the offline sample.
+# The training recipe's sources (perception_r1_verl.recipe.data): the release under
+# DATASET_ROOT (release_paths), and the offline sample.
+def release_paths(root: Path, split: str) -> dict[str, Path]:
+    """The converter's inputs for ``split``: ``<split>.jsonl`` of ``{"image", "text"}``
+    under ``root``, beside the images; the one description of the layout, read by the
+    recipe and the eval suite.
+
+    >>> release_paths(Path("/d"), "en")
+    {'jsonl': PosixPath('/d/en.jsonl')}
+    """
+    return {"jsonl": root / f"{split}.jsonl"}
+
+
 def release_args(split: str, root: Path) -> list[str]:
     """Flags for ``split`` of a page-OCR release laid out under ``root``.
 
     >>> release_args("val", Path("/d"))
     ['--jsonl', '/d/val.jsonl']
     """
-    return ["--jsonl", str(root / f"{split}.jsonl")]
+    return path_flags(release_paths(root, split))
 
 
 def sample_args(sources: SampleSources) -> list[str]:

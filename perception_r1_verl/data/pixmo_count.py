@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.cli_args import add_common_args, path_flags, run_cli
 from perception_r1_verl.data.driver import Job, RowBuilder, convert
 from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import (
@@ -219,8 +219,19 @@ def convert_pixmo_count(
 
 
 # The training recipe's sources (perception_r1_verl.recipe.data): the Hugging Face export under
-# DATASET_ROOT ({train,validation}.parquet, images/ named by image_sha256), and the offline sample.
-RELEASE_SPLITS = {"train": "train", "val": "validation"}
+# DATASET_ROOT (release_paths), and the offline sample.
+RELEASE_SPLITS = {"train": "train", "val": "validation", "test": "test"}  # the Hugging Face split names
+
+
+def release_paths(root: Path, split: str) -> dict[str, Path]:
+    """The converter's inputs for ``split`` of the Hugging Face export under ``root``
+    (``{train,validation,test}.parquet``, ``images/`` named by image_sha256): the one
+    description of the layout, read by the recipe and the eval suite.
+
+    >>> release_paths(Path("/d"), "val")
+    {'table': PosixPath('/d/validation.parquet'), 'images': PosixPath('/d/images')}
+    """
+    return {"table": root / f"{RELEASE_SPLITS[split]}.parquet", "images": root / "images"}
 
 
 def release_args(split: str, root: Path) -> list[str]:
@@ -229,7 +240,7 @@ def release_args(split: str, root: Path) -> list[str]:
     >>> release_args("val", Path("/d"))
     ['--table', '/d/validation.parquet', '--images', '/d/images']
     """
-    return ["--table", str(root / f"{RELEASE_SPLITS[split]}.parquet"), "--images", str(root / "images")]
+    return path_flags(release_paths(root, split))
 
 
 def sample_args(sources: SampleSources) -> list[str]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
-from perception_r1_verl.data.cli_args import add_common_args, run_cli
+from perception_r1_verl.data.cli_args import add_common_args, path_flags, run_cli
 from perception_r1_verl.data.driver import Job, RowBuilder, convert
 from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.layouts import (
@@ -254,17 +254,29 @@ def convert_refcoco(
 
 
 # The training recipe's sources (perception_r1_verl.recipe.data): the refer toolkit's data/ folder
-# under DATASET_ROOT (refcoco/refs(unc).p, refcoco/instances.json,
-# images/mscoco/images/train2014/; the split is chosen by --split), and the offline sample.
+# under DATASET_ROOT (release_paths; the split is chosen by --split), and the offline sample.
+def release_paths(root: Path, dataset: str = "refcoco", refs: str = "refs(unc).p") -> dict[str, Path]:
+    """The converter's inputs for ``dataset`` (``refcoco``, ``refcoco+``, ``refcocog``) in the
+    refer toolkit's data/ folder ``root``, its images COCO train2014: the one description of
+    the layout, read by the recipe and the eval suite.
+
+    >>> release_paths(Path("/d"))["images"]
+    PosixPath('/d/images/mscoco/images/train2014')
+    """
+    return {
+        "refs": root / dataset / refs,
+        "instances": root / dataset / "instances.json",
+        "images": root / "images" / "mscoco" / "images" / "train2014",
+    }
+
+
 def release_args(split: str, root: Path) -> list[str]:
     """Flags for RefCOCO (unc) from the refer toolkit's layout under ``root``; ``split`` goes to ``--split``.
 
     >>> release_args("val", Path("/d"))[:2]
     ['--refs', '/d/refcoco/refs(unc).p']
     """
-    refs = root / "refcoco"
-    images = root / "images" / "mscoco" / "images" / "train2014"
-    return ["--refs", str(refs / "refs(unc).p"), "--instances", str(refs / "instances.json"), "--images", str(images)]
+    return path_flags(release_paths(root))
 
 
 def sample_args(sources: SampleSources) -> list[str]:

@@ -47,12 +47,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import families
-from ..data.coco_det import convert_coco
+from ..data import coco_det, page_ocr, pixmo_count, refcoco
 from ..data.driver import summary_path
 from ..data.options import ConvertOptions
-from ..data.page_ocr import convert_page_ocr
-from ..data.pixmo_count import convert_pixmo_count
-from ..data.refcoco import convert_refcoco
 from ..families import family_of_model
 from . import generate as gen
 from .paper import CITATION, LOWER_IS_BETTER, TABLES, format_paper, metric_value, paper_values
@@ -90,51 +87,39 @@ class Benchmark:
     annotations: str | None = None  # the input passed to score() as COCO annotations
 
 
+# Each layout's inputs are its converter's release_paths: the recipe reads the same description.
 def _refer(dataset: str, refs: str) -> Layout:
     def inputs(folder: Path, split: str) -> dict:
-        return {
-            "refs": folder / dataset / refs,
-            "instances": folder / dataset / "instances.json",
-            "images": folder / "images" / "mscoco" / "images" / "train2014",
-        }
+        return refcoco.release_paths(folder, dataset, refs)
 
     def convert(out: Path, options: ConvertOptions, paths: dict) -> dict:
-        return convert_refcoco(out, options, dataset=dataset, **paths)
+        return refcoco.convert_refcoco(out, options, dataset=dataset, **paths)
 
     return Layout(f"refer toolkit {dataset}/{refs}", inputs, convert)
 
 
-PIXMO_FILES = {"val": "validation", "test": "test"}  # the Hugging Face split names
-
-
 def _pixmo() -> Layout:
-    def inputs(folder: Path, split: str) -> dict:
-        return {"table": folder / f"{PIXMO_FILES[split]}.parquet", "images": folder / "images"}
-
     return Layout(
         "Hugging Face parquet + images/",
-        inputs,
-        lambda out, options, p: convert_pixmo_count(p["table"], p["images"], out, options),
+        pixmo_count.release_paths,
+        lambda out, options, p: pixmo_count.convert_pixmo_count(p["table"], p["images"], out, options),
     )
 
 
 def _page_ocr() -> Layout:
     return Layout(
         "<split>.jsonl",
-        lambda folder, split: {"jsonl": folder / f"{split}.jsonl"},
-        lambda out, options, p: convert_page_ocr(p["jsonl"], None, out, options),
+        page_ocr.release_paths,
+        lambda out, options, p: page_ocr.convert_page_ocr(p["jsonl"], None, out, options),
     )
 
 
 def _coco() -> Layout:
-    def inputs(folder: Path, split: str) -> dict:
-        return {"annotations": folder / "annotations" / f"instances_{split}.json", "images": folder / split}
-
     # keep_empty: images without objects are part of COCO val and of its AP (false positives count).
     return Layout(
         "COCO annotations/ + images",
-        inputs,
-        lambda out, options, p: convert_coco(p["annotations"], p["images"], out, options, keep_empty=True),
+        coco_det.release_paths,
+        lambda out, options, p: coco_det.convert_coco(p["annotations"], p["images"], out, options, keep_empty=True),
     )
 
 
