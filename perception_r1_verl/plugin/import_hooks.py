@@ -3,11 +3,14 @@
 The plugin's wrappers (``step_metrics``) and fixes (``verl_patches``) must change verl's
 modules before other modules bind their names with ``from ... import``; this finder hooks
 the import of the named modules only, and patches modules already imported at once.
+:func:`install_patches` is how both install theirs: an opt-out variable, and a patch that
+fails only logs (the module stays as verl ships it, training goes on).
 """
 
 from __future__ import annotations
 
 import importlib.abc
+import os
 import sys
 from collections.abc import Callable
 
@@ -48,3 +51,31 @@ def on_import(name: str, patch: Callable) -> None:
         _finder.patches[name].append(patch)
     if name in sys.modules:
         patch(sys.modules[name])
+
+
+def patch_applier(patches: dict[str, Callable], failure: str, logger) -> Callable:
+    """``apply(module)``: run ``patches[module.__name__](module)``; one that raises is logged
+    to ``logger`` at WARNING with ``failure % name`` and never propagates, what one returns
+    at DEBUG."""
+
+    def apply(module) -> None:
+        name = module.__name__
+        try:
+            outcome = patches[name](module)
+        except Exception:
+            logger.warning(failure, name, exc_info=True)
+            return
+        if outcome is not None:
+            logger.debug("perception-r1-verl: %s: %s", name, outcome)
+
+    return apply
+
+
+def install_patches(patches: dict[str, Callable], apply: Callable, env_var: str) -> bool:
+    """Hook ``apply`` on the import of every module of ``patches`` (now for those imported);
+    ``False``, installing nothing, when ``env_var`` is 0/false/no/off."""
+    if os.getenv(env_var, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    for name in patches:
+        on_import(name, apply)
+    return True

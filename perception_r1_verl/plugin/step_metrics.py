@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 from perception_r1_verl import rewards
-from perception_r1_verl.plugin.import_hooks import on_import
+from perception_r1_verl.plugin.import_hooks import install_patches, patch_applier
 
 logger = logging.getLogger(__name__)
 
@@ -300,23 +299,14 @@ PATCHES: dict[str, Callable] = {
 }
 
 
-def _apply(module) -> None:
-    name = module.__name__
-    try:
-        PATCHES[name](module)
-    except Exception:
-        logger.warning(
-            "perception step metrics: cannot patch %s (verl's internals differ from 0.9.1?); "
-            "training runs without its perception/* step metrics or rollout dump columns",
-            name,
-            exc_info=True,
-        )
+_apply = patch_applier(
+    PATCHES,
+    "perception step metrics: cannot patch %s (verl's internals differ from 0.9.1?); "
+    "training runs without its perception/* step metrics or rollout dump columns",
+    logger,
+)
 
 
 def install() -> bool:
     """Install the wrappers (now, or when verl imports their modules); ``False`` if opted out."""
-    if os.getenv(ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    for name in PATCHES:
-        on_import(name, _apply)
-    return True
+    return install_patches(PATCHES, _apply, ENV_VAR)

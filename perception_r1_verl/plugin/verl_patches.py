@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 
-from perception_r1_verl.plugin.import_hooks import on_import
+from perception_r1_verl.plugin.import_hooks import install_patches, patch_applier
 
 logger = logging.getLogger(__name__)
 
@@ -222,25 +221,14 @@ PATCHES: dict[str, Callable] = {
 }
 
 
-def _apply(module) -> None:
-    name = module.__name__
-    try:
-        outcome = PATCHES[name](module)
-    except Exception:
-        logger.warning(
-            "perception-r1-verl: cannot fix %s (verl's code differs from 0.9.1?); left as verl ships it",
-            name,
-            exc_info=True,
-        )
-        return
-    logger.debug("perception-r1-verl: %s: %s", name, outcome)
+_apply = patch_applier(
+    PATCHES,
+    "perception-r1-verl: cannot fix %s (verl's code differs from 0.9.1?); left as verl ships it",
+    logger,
+)
 
 
 def install() -> bool:
     """Apply the fixes now (modules already imported) or when verl imports them; ``False``
     when ``PERCEPTION_VERL_PATCHES=0``."""
-    if os.getenv(ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    for name in PATCHES:
-        on_import(name, _apply)
-    return True
+    return install_patches(PATCHES, _apply, ENV_VAR)
