@@ -43,11 +43,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from perception_r1_verl import rewards
 from perception_r1_verl.plugin.import_hooks import install_patches, patch_applier
+from perception_r1_verl.rewards import COUNTERS
 
 logger = logging.getLogger(__name__)
 
-# Counters the reward manager adds to every reward_extra_info.
-COUNTERS = ("reward_timeout", "reward_error")
 
 ENV_VAR = "PERCEPTION_STEP_METRICS"
 PREFIX = "perception"

@@ -29,6 +29,7 @@ from .registry import REWARDS, get_reward_cls, register
 from .render import render_answer, render_items, render_text
 
 __all__ = [
+    "COUNTERS",
     "REWARDS",
     "CountingReward",
     "DetectionReward",
@@ -45,6 +46,10 @@ __all__ = [
     "render_text",
     "task_of",
 ]
+
+# Counters the verl reward manager adds to every reward_extra_info beside the components
+# (1 where it scored a response 0 for a timeout or an error); the rollout report reads them.
+COUNTERS = ("reward_timeout", "reward_error")
 
 # Substrings of verl data_source names, checked in order (refcoco before coco).
 _SOURCE_HINTS = (

@@ -13,7 +13,7 @@ import orjson
 
 from ... import rewards
 from ...parsing import Answer
-from ...plugin.step_metrics import COUNTERS
+from ...rewards import COUNTERS
 
 DUMP_NAME = re.compile(r"(\d+)\.jsonl")
 DEFAULT_LAST = 10  # steps shown when neither steps nor last is given

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ...frames import row_frame, to_pixels
 from ...parsing import Answer
-from ...plugin.step_metrics import COUNTERS
+from ...rewards import COUNTERS
 from ..dataset import Sample, read_images
 from ..drawing import PRED_COLOR, THUMB, draw_boxes, draw_points, img_tag
 from ..metrics import get_metric
