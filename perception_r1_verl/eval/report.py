@@ -21,7 +21,7 @@ from .drawing import THUMB, img_tag
 from .metric import format_value, metric_names
 from .metrics import get_metric
 
-_CSS = """
+CSS = """
 body{font-family:sans-serif;margin:1em}h2{margin-top:1.5em}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.case{border:1px solid #ccc;padding:6px;max-width:660px}
 .case img{max-width:640px;display:block}.meta{font-size:13px;color:#333;margin:4px 0}
@@ -84,7 +84,7 @@ def write_report(out_dir, data, samples, scored, responses: dict | None = None, 
         body.append("</div>")
     path = Path(out_dir) / "report.html"
     path.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><style>{_CSS}</style></head>"
+        f"<!doctype html><html><head><meta charset='utf-8'><style>{CSS}</style></head>"
         f"<body>{''.join(body)}</body></html>"
     )
     return path

@@ -20,7 +20,7 @@ DEFAULT_LAST = 10  # steps shown when neither steps nor last is given
 COMPONENTS = tuple(k for k in rewards.component_keys() if k != "score")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Rollout:
     """One dumped line and what was learned from it; ``where`` is ``{step}.jsonl:{line}``."""
 
@@ -121,19 +121,19 @@ def parse_line(line: bytes, step: int, n: int, where: str) -> Rollout | None:
     uid, index = obj.get("uid", obj.get("request_id")), obj.get("index")
     source = obj.get("data_source")
     return Rollout(
-        step,
-        n,
-        where,
-        obj["input"],
-        obj["output"],
-        obj.get("gts"),
-        float(obj["score"]),
-        None if uid is None else str(uid),
-        dumped,
-        source if isinstance(source, str) else None,
-        None if index is None else str(index),
-        obj.get("is_padding") is True,
-        tuple(k for k in COUNTERS if _number(obj.get(k)) and obj[k] > 0),
+        step=step,
+        line=n,
+        where=where,
+        input=obj["input"],
+        output=obj["output"],
+        gts=obj.get("gts"),
+        score=float(obj["score"]),
+        uid=None if uid is None else str(uid),
+        dumped=dumped,
+        data_source=source if isinstance(source, str) else None,
+        index=None if index is None else str(index),
+        padding=obj.get("is_padding") is True,
+        counters=tuple(k for k in COUNTERS if _number(obj.get(k)) and obj[k] > 0),
     )
 
 

@@ -112,8 +112,9 @@ def _mean(values) -> float | None:
 def step_summary(rollouts: list[Rollout]) -> dict:
     """Means and shares of one step's rollouts; shares are over the matched ones.
 
-    >>> r = Rollout(1, 1, "1.jsonl:1", "", "", None, 2.0, None, None, row=0, task="grounding", components={"iou": 0.5})
-    >>> step_summary([r, Rollout(1, 2, "1.jsonl:2", "", "", None, 0.0, None, None)])["score"]
+    >>> line = dict(step=1, where="1.jsonl:1", input="", output="", gts=None, uid=None, dumped=None)
+    >>> r = Rollout(**line, line=1, score=2.0, row=0, task="grounding", components={"iou": 0.5})
+    >>> step_summary([r, Rollout(**line, line=2, score=0.0)])["score"]
     1.0
     """
     matched = [r for r in rollouts if r.row is not None]

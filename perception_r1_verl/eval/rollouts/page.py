@@ -15,7 +15,7 @@ from ...rewards import COUNTERS
 from ..dataset import Sample, read_images
 from ..drawing import PRED_COLOR, THUMB, draw_boxes, draw_points, img_tag
 from ..metrics import get_metric
-from ..report import _CSS
+from ..report import CSS
 from .dump import COMPONENTS, Rollout, choose_steps, dump_files, read_dump
 from .judging import HACKS, UNPARSABLE_RULE, analyse, step_summary
 from .matching import TrainRows
@@ -290,6 +290,6 @@ def rollout_report(dump_dir, data, out, steps=None, last: int | None = None, top
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>rollouts</title>"
-        f"<style>{_CSS}{_EXTRA_CSS}</style></head><body>{''.join(body)}</body></html>"
+        f"<style>{CSS}{_EXTRA_CSS}</style></head><body>{''.join(body)}</body></html>"
     )
     return stats
