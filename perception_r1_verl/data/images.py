@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from perception_r1_verl import frames
-from perception_r1_verl.data.rules import CellError
+from perception_r1_verl.data.rules import CellError, OutsideRootError
 
 _KEEP_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP"}
 
@@ -38,6 +38,8 @@ def load_image(path, store: str, family: str, min_pixels: int, max_pixels: int) 
         return LoadedImage(error="missing_image", detail=str(path))
     except CellError as e:
         return LoadedImage(error="malformed_record", detail=f"{path}: {e}")
+    except OutsideRootError as e:
+        return LoadedImage(error="image_outside_root", detail=f"{path}: {e}")
     except OSError as e:
         return LoadedImage(error="corrupt_image", detail=f"{path}: {e}")
     try:

@@ -10,6 +10,7 @@ RULES = {
     "malformed_record": "skip: a record lacks a required field or has one of the wrong type",
     "duplicate_id": "skip: a later record repeats an id already converted (the first one wins)",
     "missing_image": "skip: the image file does not exist",
+    "image_outside_root": "skip: the image path is absolute or its '..' parts climb out of the image folder",
     "corrupt_image": "skip: the image file cannot be decoded completely",
     "bad_aspect_ratio": "skip: the image is more than 200 times wider than high (or v.v.); the processor refuses it",
     "size_mismatch": "skip: the decoded image size differs from the size in the annotations (EXIF rotation or wrong file)",
@@ -38,6 +39,10 @@ class DataError(ValueError):
 
 class CellError(ValueError):
     """A table cell that cannot give one image (it holds several)."""
+
+
+class OutsideRootError(ValueError):
+    """An image path that leaves the image folder (see ``tables.under_root``)."""
 
 
 class Stats:
