@@ -62,6 +62,8 @@ class RowBuilder:
         if job.expected_size is not None and tuple(job.expected_size) != img.size:
             stats.hit("size_mismatch", f"{job.record}: annotated {job.expected_size}, file {img.size}")
             return None
+        if img.converted:
+            stats.hit("image_converted", f"{job.record}: mode {img.converted}")
         geometry = Geometry.of(img.size, options)
         answered = self.answer(job, geometry, stats)
         if answered is None:
