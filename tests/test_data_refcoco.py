@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from data_sources import expected_box, labelme_coco, opts, oracle_input_size, prep, rows, voc_as_coco
 
-from perception_r1_verl.data.refcoco import convert_refcoco, safe_load_pickle
+from perception_r1_verl.data.refcoco import convert_refcoco
+from perception_r1_verl.data.refer import safe_load_pickle
 from perception_r1_verl.data.rules import DataError
 
 

@@ -20,7 +20,7 @@ from data_sources import LABELME, LABELME_MISSING
 
 from perception_r1_verl.eval.dataset import read_split
 from perception_r1_verl.eval.score import score
-from perception_r1_verl.parsing import render_answer
+from perception_r1_verl.rewards import render_answer
 
 pytestmark = pytest.mark.skipif(not LABELME.exists(), reason=LABELME_MISSING)
 

@@ -33,8 +33,8 @@ from perception_r1_verl.data.refcoco import convert_refcoco
 from perception_r1_verl.data.sample import make_sample_sources
 from perception_r1_verl.eval.cli import main
 from perception_r1_verl.eval.rollouts import rollout_report
-from perception_r1_verl.parsing import render_answer
-from perception_r1_verl.step_metrics import COUNTERS
+from perception_r1_verl.plugin.step_metrics import COUNTERS
+from perception_r1_verl.rewards import render_answer
 
 UNPARSABLE_GROUNDING = "I cannot find it in the picture."
 UNPARSABLE_COUNTING = "There are quite a few of them."

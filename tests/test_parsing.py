@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perception_r1_verl.parsing import MAX_ITEMS, Answer, _fast_boxes, _items, parse_answer, render_answer
+from perception_r1_verl.parsing import MAX_ITEMS, Answer, _fast_boxes, _items, parse_answer
+from perception_r1_verl.rewards import render_answer
 from perception_r1_verl.rewards.format import format_score
 
 QWEN25_FENCED = '```json\n[\n\t{"bbox_2d": [135, 114, 350, 436], "label": "person"},\n\t{"bbox_2d": [10, 20, 30, 40], "label": "dog"}\n]\n```'

@@ -442,7 +442,7 @@ def detection(prepared, qwen2_5_vl_processor):
 
 
 def test_curriculum_orders_training_rows_easy_to_hard_with_growing_rollouts(detection):
-    from perception_r1_verl.curriculum import object_count
+    from perception_r1_verl.plugin.curriculum import object_count
 
     config, train, _ = detection
     counts = [object_count(rm["ground_truth"]) for rm in train.dataframe["reward_model"]]
@@ -482,7 +482,7 @@ def test_curriculum_leaves_validation_alone(detection):
     ],
 )
 def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor, extra, message):
-    from perception_r1_verl.curriculum import CurriculumDataset
+    from perception_r1_verl.plugin.curriculum import CurriculumDataset
 
     settings = prepared("coco_det")
     config = curriculum_config(replace(settings, curriculum=True), *extra)

@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perception_r1_verl.parsing import render_answer
-from perception_r1_verl.rewards import compute_score, max_score
+from perception_r1_verl.rewards import compute_score, max_score, render_answer
 
 # An overflow or 0/0 inside a reward is a bug even when the result stays finite.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")

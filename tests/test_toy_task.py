@@ -24,12 +24,14 @@ from eval_fixtures import png, write_responses
 from PIL import Image
 
 from perception_r1_verl import rewards
-from perception_r1_verl.eval import metrics, rollouts
+from perception_r1_verl.eval import metrics
 from perception_r1_verl.eval.dataset import Sample
+from perception_r1_verl.eval.rollouts import judging
 from perception_r1_verl.eval.score import score, score_samples
 from perception_r1_verl.labels import normalise_label
-from perception_r1_verl.parsing import answer_text, parse_answer, render_answer, render_text
+from perception_r1_verl.parsing import answer_text, parse_answer
 from perception_r1_verl.prompts import PROMPTS, prompt_text, register_prompt
+from perception_r1_verl.rewards import render_answer, render_text
 
 SWATCH = (255, 0, 255)  # what the toy metric draws on every case image
 
@@ -167,8 +169,8 @@ def test_score_writes_the_report_through_the_metric(color_task, tmp_path):
 
 def test_rollout_rules_follow_the_metric(color_task):
     # Free text: a word is a fine answer (no box style asked for), wrong tags are not.
-    assert rollouts.judge("color", parse_answer("red"), rollouts.n_truth("color", {"color": "red"})) == {}
-    assert rollouts.judge("color", parse_answer("<answer>red", think=True), 0) == {
+    assert judging.judge("color", parse_answer("red"), judging.n_truth("color", {"color": "red"})) == {}
+    assert judging.judge("color", parse_answer("<answer>red", think=True), 0) == {
         "unparsable": "think/answer tags not as asked"
     }
 

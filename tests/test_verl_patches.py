@@ -1,4 +1,4 @@
-"""The plugin's fixes of verl defects (``perception_r1_verl.verl_patches``), on tiny random
+"""The plugin's fixes of verl defects (``perception_r1_verl.plugin.verl_patches``), on tiny random
 Qwen2-VL / Qwen2.5-VL models built from configs (no hub, no Ray, a few seconds)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import types
 import pytest
 import torch
 
-from perception_r1_verl import import_hooks, verl_patches
+from perception_r1_verl.plugin import import_hooks, verl_patches
 
 IMAGE_TOKEN = 250
 # A 1x4x4 patch grid: 16 patches, 4 image tokens after the 2x2 merge.
@@ -195,7 +195,7 @@ def test_import_verl_fixes_position_ids_where_verls_workers_bind_it():
         "import verl\n"
         "from verl.workers import engine_workers\n"
         "from verl.workers.engine import base\n"
-        "from perception_r1_verl.verl_patches import fix_3d_position_ids as fix\n"
+        "from perception_r1_verl.plugin.verl_patches import fix_3d_position_ids as fix\n"
         "print(engine_workers.maybe_fix_3d_position_ids is fix, base.maybe_fix_3d_position_ids is fix)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

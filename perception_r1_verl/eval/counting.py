@@ -12,7 +12,8 @@ import numpy as np
 
 from ..parsing import Answer
 from .drawing import GT_COLOR, draw_points
-from .registry import BoxMetric, register
+from .metric import BoxMetric
+from .registry import register
 
 
 def sample_counting(answer: Answer, gt: dict) -> dict:

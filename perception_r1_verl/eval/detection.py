@@ -42,7 +42,8 @@ from ..frames import row_frame, to_pixels
 from ..labels import normalise_label
 from ..parsing import Answer
 from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
-from .registry import Metric, Scored, register
+from .metric import Metric, Scored
+from .registry import register
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 

@@ -15,7 +15,8 @@ from ..boxes import iou
 from ..frames import clip_box
 from ..parsing import Answer
 from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
-from .registry import BoxMetric, register
+from .metric import BoxMetric
+from .registry import register
 
 THRESHOLDS = (0.5, 0.75, 0.95)
 

@@ -42,7 +42,8 @@ import numpy as np
 
 from ..parsing import Answer
 from ..rewards.ocr import edit_similarity
-from .registry import Metric, register
+from .metric import Metric
+from .registry import register
 
 _CJK = re.compile(r"[\u4e00-\u9fff]")
 _CHAR_TOKENS = re.compile(r"[\u4e00-\u9fff]|[^\s\u4e00-\u9fff]+")
@@ -66,7 +67,7 @@ _DEBIAN_FILES = (
     "adj.exc adv.exc noun.exc verb.exc cntlist.rev data.adj data.adv data.noun data.verb "
     "index.adj index.adv index.noun index.verb"
 ).split()
-METRICS = ("edit_distance", "F1", "precision", "recall", "BLEU", "METEOR")
+OCR_METRICS = ("edit_distance", "F1", "precision", "recall", "BLEU", "METEOR")
 
 
 def language(reference: str) -> str:
@@ -239,7 +240,7 @@ def sample_ocr(answer: Answer, gt: dict, zh_tokenizer: str = "char", wordnet=Non
 
 def _means(records: list[dict]) -> dict:
     out = {}
-    for name in METRICS:
+    for name in OCR_METRICS:
         values = [r[name] for r in records]
         out[name] = None if any(v is None for v in values) else float(np.mean(values))
     return out

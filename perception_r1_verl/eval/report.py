@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw
 
 from .dataset import read_images
 from .drawing import THUMB, img_tag
+from .metric import format_value, metric_names
 from .metrics import get_metric
-from .registry import format_value, metric_names
 
 _CSS = """
 body{font-family:sans-serif;margin:1em}h2{margin-top:1.5em}

@@ -17,8 +17,8 @@ import orjson
 
 from ..parsing import parse_answer
 from .dataset import Sample, read_responses, read_split
+from .metric import Scored, ScoreOptions, format_value, metric_names
 from .metrics import get_metric
-from .registry import Scored, ScoreOptions, format_value, metric_names
 from .report import write_report
 
 __all__ = ["Scored", "format_value", "markdown", "metric_names", "score", "score_samples", "write_outputs"]

@@ -98,7 +98,7 @@ def lora_overrides(rank: int, alpha: int) -> list[str]:
 
 
 def curriculum_overrides(seed: int) -> list[str]:
-    """Overrides that plug ``perception_r1_verl.curriculum`` into verl's data loading.
+    """Overrides that plug ``perception_r1_verl.plugin.curriculum`` into verl's data loading.
 
     verl 0.9.1 has no custom-sampler hook for the training dataloader
     (``create_rl_sampler`` is random or sequential), so the dataset orders itself and
@@ -106,7 +106,7 @@ def curriculum_overrides(seed: int) -> list[str]:
     the per-row ``__rollout_n__`` that verl's agent loop honours.
     """
     return [
-        "data.custom_cls.path=pkg://perception_r1_verl.curriculum",
+        "data.custom_cls.path=pkg://perception_r1_verl.plugin.curriculum",
         "data.custom_cls.name=CurriculumDataset",
         "data.shuffle=False",
         f"+data.curriculum.max_objects=[{','.join(map(str, CURRICULUM_MAX_OBJECTS))}]",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from perception_r1_verl.parsing import render_answer
 from perception_r1_verl.recipe.hub import load_tokenizer
+from perception_r1_verl.rewards import render_answer
 
 
 def _reward_input(tokenizer, row: dict, completion: str):
@@ -39,7 +39,7 @@ def score_rows(config, rows: list[dict], tokenizer=None, allow_offline: bool = F
     """
     from verl.trainer.ppo.reward import load_reward_manager
 
-    from perception_r1_verl.verl_plugin import check_registered
+    from perception_r1_verl.plugin.verl_plugin import check_registered
 
     check_registered()
     tokenizer = tokenizer or load_tokenizer(config, allow_offline)

@@ -25,6 +25,7 @@ from .format import STYLE_OF_FAMILY, format_score
 from .grounding import GroundingReward
 from .ocr import OCRReward
 from .registry import REWARDS, get_reward_cls, register
+from .render import render_answer, render_items, render_text
 
 __all__ = [
     "REWARDS",
@@ -38,6 +39,9 @@ __all__ = [
     "get_reward",
     "max_score",
     "register",
+    "render_answer",
+    "render_items",
+    "render_text",
     "task_of",
 ]
 

@@ -10,9 +10,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
-from ..parsing import parse_answer, render_items
+from ..parsing import parse_answer
 from .format import format_score
 from .registry import register
+from .render import render_items
 
 
 @register("counting")

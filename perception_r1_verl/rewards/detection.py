@@ -12,9 +12,10 @@ from scipy.optimize import linear_sum_assignment
 from ..boxes import EPS, to_cxcywh
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
 from ..labels import normalise_label
-from ..parsing import distinct_boxes, parse_answer, render_items
+from ..parsing import distinct_boxes, parse_answer
 from .format import format_score
 from .registry import register
+from .render import render_items
 
 
 class DetectionTruth(NamedTuple):

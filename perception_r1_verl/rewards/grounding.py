@@ -7,9 +7,10 @@ from typing import ClassVar
 
 from ..boxes import iou
 from ..frames import clip_box, frame_of
-from ..parsing import parse_answer, render_items
+from ..parsing import parse_answer
 from .format import format_score
 from .registry import register
+from .render import render_items
 
 IOU_SHAPES = ("iou", "iou_squared", "iou_at_0.5")
 

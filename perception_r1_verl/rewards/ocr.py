@@ -9,8 +9,9 @@ from typing import ClassVar
 
 from rapidfuzz.distance import Levenshtein
 
-from ..parsing import answer_text, render_text
+from ..parsing import answer_text
 from .registry import register
+from .render import render_text
 
 WHITESPACE_RULES = ("collapse", "remove", "exact")
 _SPACES = re.compile(r"\s+")

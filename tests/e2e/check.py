@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from perception_r1_verl import rewards
-from perception_r1_verl.step_metrics import COUNTERS, PREFIX
+from perception_r1_verl.plugin.step_metrics import COUNTERS, PREFIX
 
 
 def records(run_dir: Path) -> list[dict]:

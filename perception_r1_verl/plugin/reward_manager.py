@@ -30,7 +30,7 @@ from verl.utils.reward_score import default_compute_score
 
 from perception_r1_verl import rewards
 from perception_r1_verl.parsing import END_TOKENS
-from perception_r1_verl.step_metrics import COUNTERS
+from perception_r1_verl.plugin.step_metrics import COUNTERS
 
 logger = logging.getLogger(__name__)
 

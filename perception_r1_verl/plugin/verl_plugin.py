@@ -1,12 +1,12 @@
 """``verl.plugins`` entry point: ``import verl`` imports this, registers ``perception`` and
 installs the training-step reward metrics and rollout dump columns
-(``perception_r1_verl.step_metrics``) and the narrow fixes of verl defects
-(``perception_r1_verl.verl_patches``).
+(``perception_r1_verl.plugin.step_metrics``) and the narrow fixes of verl defects
+(``perception_r1_verl.plugin.verl_patches``).
 
 verl swallows a plugin's import error (logged at DEBUG) and only fails later with
 "Reward manager is not registered" or "Unknown reward manager"; so the import failure is
 logged here at ERROR with its cause. ``check_registered()`` (or
-``python -m perception_r1_verl.verl_plugin``) is the preflight for launch scripts.
+``python -m perception_r1_verl.plugin.verl_plugin``) is the preflight for launch scripts.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ _NOT_REGISTERED = "perception-r1-verl: verl's reward manager 'perception' is not
 try:
     # Registers 'perception'. A plain module import: when the reward manager's own import
     # started this one (it imports verl), it is still half-initialised, and finishes later.
-    import perception_r1_verl.reward_manager  # noqa: F401
+    import perception_r1_verl.plugin.reward_manager  # noqa: F401
 except Exception:
     logger.error("perception-r1-verl: the verl reward manager 'perception' failed to load", exc_info=True)
 
 try:
     # Reward components in the training-step metrics (opt out: PERCEPTION_STEP_METRICS=0).
-    from perception_r1_verl import step_metrics
+    from perception_r1_verl.plugin import step_metrics
 
     step_metrics.install()
 except Exception:
@@ -35,7 +35,7 @@ except Exception:
 
 try:
     # Fixes of verl defects that stop a run (opt out: PERCEPTION_VERL_PATCHES=0).
-    from perception_r1_verl import verl_patches
+    from perception_r1_verl.plugin import verl_patches
 
     verl_patches.install()
 except Exception:
@@ -59,7 +59,7 @@ def check_registered() -> None:
 
     if "perception" not in REWARD_MANAGER:
         try:
-            import perception_r1_verl.reward_manager  # noqa: F401  (a failed import raises again)
+            import perception_r1_verl.plugin.reward_manager  # noqa: F401  (a failed import raises again)
         except Exception as exc:
             raise RuntimeError(f"{_NOT_REGISTERED}: importing it fails with {exc!r}") from exc
         raise RuntimeError(f"{_NOT_REGISTERED}: verl did not load the plugin")

@@ -1,6 +1,6 @@
 """Narrow fixes of verl defects that stop a Perception-R1 run, installed by the plugin.
 
-The ``verl.plugins`` entry point (``perception_r1_verl.verl_plugin``, imported by ``import
+The ``verl.plugins`` entry point (``perception_r1_verl.plugin.verl_plugin``, imported by ``import
 verl`` in every process) calls :func:`install`. Each fix is applied when verl first imports
 its module, and only where the installed verl has the defect, recognised from the
 function's source. Where the source is not what the fix expects (another verl), it logs one
@@ -46,7 +46,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from perception_r1_verl.import_hooks import on_import
+from perception_r1_verl.plugin.import_hooks import on_import
 
 logger = logging.getLogger(__name__)
 

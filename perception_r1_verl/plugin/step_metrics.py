@@ -43,7 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
 from perception_r1_verl import rewards
-from perception_r1_verl.import_hooks import on_import
+from perception_r1_verl.plugin.import_hooks import on_import
 
 logger = logging.getLogger(__name__)
 
