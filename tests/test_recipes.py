@@ -507,6 +507,22 @@ def test_a_split_without_rows_stops_the_recipe_with_the_reason(tmp_path, capfd):
     assert not settings.parquet("train").exists()
 
 
+def test_the_reward_check_of_an_empty_val_file_is_a_problem(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from perception_r1_verl.data.rows import SCHEMA
+
+    empty = tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist([], schema=SCHEMA), empty)
+    config = OmegaConf.create(
+        {"data": {"val_files": [str(empty)]}, "reward": {"reward_manager": {"name": "perception"}}}
+    )
+    assert recipe_main.reward_check(config, 4, allow_offline=True) == [
+        f"{empty} holds no rows to score (delete it to prepare it again)"
+    ]
+
+
 def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
     settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
     command = prep_command(TASKS["coco_det"], settings, "val")
