@@ -17,6 +17,8 @@ completions list up to 100 boxes), then times, on the same inputs:
 
 Prints completions per second and the ratio of our time to the floor's: the median over
 rounds in which the two alternate (the machine may be shared), against the issue's targets.
+Then the worst case: ``compute_score`` on each of :data:`HOSTILE` (repetition loops of
+100,000 characters in every answer syntax) against a well-formed answer of that length.
 Run: ``python bench/bench_rewards.py [--n 4096] [--repeat 7] [--spam 0.2] [--manager]``.
 """
 
@@ -286,6 +288,82 @@ def bench_task(name: str, cases, repeat: int, manager_rates=None) -> float:
 # The issue's targets: compute_score's time over the floor's, every check on.
 TARGETS = {"detection": 2.5, "grounding": 1.2}
 
+# Worst case: what a policy in a repetition loop writes, in every answer syntax. Each is a
+# prefix and a unit repeated to HOSTILE_SIZE characters; the first three are issue 18's
+# (exponential and quadratic before the reader became linear).
+HOSTILE_SIZE = 100_000
+HOSTILE = {
+    "json: number string": ('[{"bbox_2d": ["1', "  1"),
+    "ref_box: unclosed refs": ("<box>", "<ref>"),
+    "box_tokens: unclosed refs": ("<|box_start|>", "<|object_ref_start|>"),
+    "box_tokens: boxes": ("", "<|object_ref_start|>a<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>"),
+    "ref_box: open boxes": ("<ref>a</ref>", "<box>(1, 2), (3,"),
+    "json: objects never closed": ("[", '{"bbox_2d": [1, 2, 3, 4], "label": "a", '),
+    "json: python literals": ("[", "{'bbox_2d': [1, 2, 3, 4], 'label': 'a', 'x': True}, "),
+    "json: nested open brackets": ('[{"bbox_2d": ', "[{"),
+    "json: open strings": ("[", '{"bbox_2d": "'),
+    "json: trailing commas": ("[", '{"bbox_2d": [1, 2, 3, 4],}, '),
+    "fenced blocks": ("", "```json\n[[1, 2, 3, 4]]\n```\n"),
+    "end tokens": ("[1, 2, 3, 4]", "<|im_end|> "),
+    "plain: pairs": ("", "(1, 2), "),
+    "plain: open lists": ("", "[1, 2, 3, "),
+    "tags: think and answer": ("<think>", "<answer><think>"),
+    "spaces and digits": ("", " 1"),
+}
+# A bound on any call's time over a well-formed answer of the same length, for each task
+# (tests/test_parsing_bounds.py holds every generated repetition loop to it).
+WORST_CASE_BOUND = 10.0
+
+
+def repetition_loop(prefix: str, unit: str, size: int = HOSTILE_SIZE) -> str:
+    """``prefix`` then ``unit`` repeated up to ``size`` characters.
+
+    >>> len(repetition_loop("<box>", "<ref>", 100)), repetition_loop("[", "1, ", 9)
+    (100, '[1, 1, 1, ')
+    """
+    return prefix + unit * max(1, (size - len(prefix)) // len(unit))
+
+
+def well_formed(task: str, size: int = HOSTILE_SIZE) -> tuple[str, str, dict]:
+    """A ``(completion, ground truth, extra_info)`` of ``task`` (detection, grounding,
+    counting) whose completion is a well-formed JSON answer of about ``size`` characters."""
+    rng = random.Random(size)
+    key = "point_2d" if task == "counting" else "bbox_2d"
+    items, length = [], 2
+    while length < size:
+        box = _box(rng, 640, 480)
+        items.append({key: box[:2] if task == "counting" else box, "label": rng.choice(COCO_NAMES)})
+        length += len(orjson.dumps(items[-1])) + 1
+    first = items[:7]
+    if task == "detection":
+        truth = {"objects": first, "frame": [640, 480], "categories": COCO_NAMES}
+    elif task == "grounding":
+        truth = {"bbox_2d": first[0]["bbox_2d"], "frame": [640, 480]}
+    else:
+        truth = {"count": len(first), "points": [it["point_2d"] for it in first], "frame": [640, 480]}
+    return orjson.dumps(items).decode(), orjson.dumps(truth).decode(), {"task": task, "model_family": "qwen2_5_vl"}
+
+
+def call_time(fn, repeat: int = 3) -> float:
+    """The least CPU seconds of ``repeat`` calls of ``fn`` (other processes do not count)."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.process_time()
+        fn()
+        best = min(best, time.process_time() - start)
+    return best
+
+
+def worst_case(task: str, repeat: int = 3) -> tuple[float, float, str]:
+    """Seconds of ``compute_score`` on a well-formed answer of HOSTILE_SIZE characters, and
+    of the slowest HOSTILE loop, with its name."""
+    text, truth, extra = well_formed(task)
+    base = call_time(lambda: compute_score("bench", text, truth, extra), repeat)
+    loops = {name: repetition_loop(*loop) for name, loop in HOSTILE.items()}
+    times = {name: call_time(lambda t=t: compute_score("bench", t, truth, extra), repeat) for name, t in loops.items()}
+    worst = max(times, key=times.get)
+    return base, times[worst], worst
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -312,6 +390,13 @@ def main() -> None:
     for name, ratio in ratios.items():
         target = TARGETS[name.split("+")[0]]
         print(f"{name:16s} {ratio:5.2f}x  target <= {target}x  {'ok' if ratio <= target else 'MISSED'}")
+    print(f"worst case: {len(HOSTILE)} repetition loops of {HOSTILE_SIZE:,} characters (see HOSTILE)")
+    for task in ("detection", "grounding", "counting"):
+        base, worst, name = worst_case(task)
+        print(
+            f"{task:16s} well-formed {base * 1e3:7.2f} ms   worst {worst * 1e3:7.2f} ms ({name})   "
+            f"ratio {worst / base:5.2f}x  bound <= {WORST_CASE_BOUND}x  {'ok' if worst <= WORST_CASE_BOUND * base else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

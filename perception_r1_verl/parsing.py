@@ -41,12 +41,19 @@ import numpy as np
 import orjson
 
 MAX_ITEMS = 1000  # more objects than any image holds: the rest is spam and is only counted
+# Hard caps on the work one completion can cause (a policy in a repetition loop writes
+# anything): characters read, fenced blocks read, and the size of one object a Python
+# literal parser may compile. What lies beyond the first two counts as truncation.
+MAX_CHARS = 65536  # 8x a 2048-token response of 4-character tokens
+MAX_BLOCKS = 64
+_LITERAL_MAX = 4096  # one detection item is under 200 characters
 _FAST_MIN = 5
 # Special tokens that end a Qwen-VL turn, kept by callers that decode with special tokens.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
+# Untrusted text meets only patterns without nested or overlapping quantifiers (each
+# character is looked at a bounded number of times); the rest is str.find scanning.
 _NUM = r"-?\d+(?:\.\d+)?"
 _NUMBER = re.compile(_NUM)
-_NUMBERS_ONLY = re.compile(rf"\s*{_NUM}(?:\s*[,\s]\s*{_NUM})*\s*")
 _THINK = re.compile(r"\s*<think>.*?</think>\s*", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S)
 # A fence opens a line (as markdown has it, and the Qwen cookbooks' parse_json reads it):
@@ -54,18 +61,18 @@ _ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S)
 _FENCE_OPEN = re.compile(r"^[ \t]*```[a-zA-Z]*", re.M)
 
 
-def _tag_syntax(ref_open: str, ref_close: str, box_open: str, box_close: str) -> tuple[re.Pattern, str, str]:
-    """A ref-or-box tokenizer for one tag syntax, with its box open and close tags."""
-    r, b = re.escape(ref_open), re.escape(box_open)
-    pair = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
-    pattern = rf"{r}(.*?){re.escape(ref_close)}|{b}\s*{pair}(?:\s*,\s*{pair})?\s*{re.escape(box_close)}"
-    return re.compile(pattern, re.S), box_open, box_close
-
-
-# Qwen2-VL's special tokens, and the Qwen-VL tags they replaced (still what its checkpoints write).
+# A box's insides after its open tag: one or two "(x, y)" pairs, then the close tag. Anchored
+# at a box tag and made only of spaces, digits and punctuation, so a failed match stops
+# before the next tag: the matches of all tags together read each character about once.
+_PAIR = rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)"
+# Qwen2-VL's special tokens, and the Qwen-VL tags they replaced (still what its checkpoints
+# write): ref open and close, box open and close, the pattern of a box's insides and close.
 _TAG_STYLES = {
-    "box_tokens": _tag_syntax("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"),
-    "ref_box": _tag_syntax("<ref>", "</ref>", "<box>", "</box>"),
+    style: (*tags, re.compile(rf"\s*{_PAIR}(?:\s*,\s*{_PAIR})?\s*{re.escape(tags[3])}"))
+    for style, tags in (
+        ("box_tokens", ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>")),
+        ("ref_box", ("<ref>", "</ref>", "<box>", "</box>")),
+    )
 }
 _PLAIN_BOX = re.compile(
     rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]"
@@ -124,15 +131,21 @@ def _box(v):
 
 def _numbers_in_strings(v: list) -> list | None:
     """Coordinates written as strings, ``["38", "314"]`` or ``["243, 291"]``, as numbers;
-    None when some string is not just numbers."""
+    None when some string is not just numbers (separated by spaces and at most one comma).
+
+    >>> _numbers_in_strings(["243, 291", 5]), _numbers_in_strings(["1,,2"]), _numbers_in_strings(["1 x"])
+    ([243.0, 291.0, 5], None, None)
+    """
     out = []
     for x in v:
-        if type(x) is str:
-            if not _NUMBERS_ONLY.fullmatch(x):
-                return None
-            out += [float(n) for n in _NUMBER.findall(x)]
-        else:
+        if type(x) is not str:
             out.append(x)
+            continue
+        for chunk in x.split(","):  # str.split: linear, where a regex of optional separators backtracks
+            words = chunk.split()
+            if not words or not all(_NUMBER.fullmatch(w) for w in words):
+                return None
+            out += map(float, words)
     return out
 
 
@@ -301,8 +314,8 @@ def _lenient(span: str):
             return orjson.loads(fixed)
         except orjson.JSONDecodeError:
             pass
-    if not _PYTHON_MARKS.search(fixed):
-        return None  # nothing a Python literal has and JSON lacks: compiling it costs for naught
+    if len(fixed) > _LITERAL_MAX or not _PYTHON_MARKS.search(fixed):
+        return None  # too long to be one item, or nothing a Python literal has and JSON lacks
     try:
         return ast.literal_eval(fixed)
     except Exception:  # literal_eval reads untrusted text: any failure means "not a literal"
@@ -357,6 +370,9 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
     free, enclosed, open_braces = scan_objects(body)
     items = []  # (position, object or None), in the order the model wrote them
     for (start, stop), inside in sorted([(s, False) for s in free] + [(s, True) for s in enclosed]):
+        if len(items) > MAX_ITEMS:  # spam: counted as items, not parsed
+            items.append((start, None))
+            continue
         obj = _lenient(body[start:stop])
         # A complete value inside a broken object is part of it, not an item of its own.
         if inside and not (type(obj) is dict and ("bbox_2d" in obj or "point_2d" in obj)):
@@ -383,7 +399,7 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
         segment = body[p:stop].rstrip().rstrip(",")
         if not segment[1:].strip():
             continue  # a lone "{" typed before the next object: a typo, not an item
-        items.append((p, _read_broken(segment, p, open_braces, k)))
+        items.append((p, _read_broken(segment, p, open_braces, k) if len(items) <= MAX_ITEMS else None))
     if not items and not bracketed:
         return False
     col = _Collector()
@@ -401,22 +417,41 @@ def _parse_scanned(body: str, answer: Answer, bracketed: bool) -> bool:
 
 def _parse_tags(body: str, answer: Answer, style: str) -> None:
     """Boxes (and points: one pair) in ``style``'s tags; each takes the label of the last
-    ref before it, as in Qwen-VL's ``<ref>two apples</ref><box>...</box><box>...</box>``."""
-    tokens, box_open, box_close = _TAG_STYLES[style]
+    ref before it, as in Qwen-VL's ``<ref>two apples</ref><box>...</box><box>...</box>``.
+
+    A scanner: each step jumps (``str.find``) to the next ref or box tag. A ref takes the
+    text up to its close tag (boxes inside it are part of the label); once a ref has no
+    close tag, no later one has, so refs stop being looked for.
+    """
+    ref_open, ref_close, box_open, box_close, box_rest = _TAG_STYLES[style]
     col = _Collector()
-    label = None
-    for m in tokens.finditer(body):
-        ref, x1, y1, x2, y2 = m.groups()
-        if ref is not None:
-            label = ref.strip()
-        elif x2 is None:
+    label, pos, refs = None, 0, True
+    while col.n_items < MAX_ITEMS:
+        b = body.find(box_open, pos)
+        r = body.find(ref_open, pos, b if b >= 0 else len(body)) if refs else -1
+        if r >= 0:
+            end = body.find(ref_close, r + len(ref_open))
+            if end >= 0:
+                label, pos = body[r + len(ref_open) : end].strip(), end + len(ref_close)
+                continue
+            refs = False
+        if b < 0:
+            break
+        m = box_rest.match(body, b + len(box_open))
+        if m is None:
+            pos = b + len(box_open)
+            continue
+        x1, y1, x2, y2 = m.groups()
+        if x2 is None:
             col.add_point([float(x1), float(y1)])
         else:
             col.add_box([float(x1), float(y1), float(x2), float(y2)], label)
-    # Box starts that did not form a complete box are malformed or cut off.
-    broken = body.count(box_open) - col.n_items
-    col.n_items += broken
-    col.n_invalid += broken
+        pos = m.end()
+    # Box starts that did not form a complete box are malformed or cut off, those past
+    # MAX_ITEMS spam (not read): all are items and invalid, the spam counted in into().
+    rest = body.count(box_open) - col.n_items
+    col.n_items += rest
+    col.n_invalid += max(0, rest - max(0, col.n_items - MAX_ITEMS))
     answer.truncated = body.rfind(box_open) > body.rfind(box_close)
     answer.style = style
     col.into(answer)
@@ -448,11 +483,19 @@ def _parse_body(body: str, answer: Answer) -> None:
 
 
 def _strip_end_tokens(text: str) -> str:
-    text = text.rstrip()
-    while text.endswith(END_TOKENS):
-        for token in END_TOKENS:
-            text = text.removesuffix(token).rstrip()
-    return text
+    """``text`` without trailing end tokens and spaces (an index walks back: no copy per token).
+
+    >>> _strip_end_tokens("[1] <|im_end|>\\n<|endoftext|>")
+    '[1]'
+    """
+    end = len(text)
+    while True:
+        while end and text[end - 1].isspace():
+            end -= 1
+        token = next((t for t in END_TOKENS if text.endswith(t, 0, end)), None)
+        if token is None:
+            return text[:end]
+        end -= len(token)
 
 
 def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool, bool]:
@@ -464,6 +507,9 @@ def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool,
     >>> answer_parts("```json\\n[1, 2, 3, 4]\\n```\\n```json\\n[5, 6")
     (['[1, 2, 3, 4]', '[5, 6'], True, True)
     """
+    # Past MAX_CHARS the completion is spam: the rest is not read, and it counts as cut.
+    capped = len(completion) > MAX_CHARS
+    completion = completion[:MAX_CHARS]
     # Substring tests first: most completions have no tags, and regexes cost more.
     text = _strip_end_tokens(completion) if "<|" in completion else completion
     tags_ok = True
@@ -472,10 +518,10 @@ def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool,
         text = text[m.end() :]
     elif think:
         tags_ok = False
-    truncated = False
+    truncated = capped
     m = _ANSWER.search(text) if "<answer>" in text else None
     if m:
-        truncated = not m.group(2)
+        truncated = truncated or not m.group(2)
         tags_ok = tags_ok and not text[: m.start()].strip() and not text[m.end() :].strip()
         text = m.group(1)
     elif think:
@@ -486,6 +532,9 @@ def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool,
         return [text], tags_ok, truncated
     bodies = []
     while fence is not None:  # code fences: keep their insides (str.find: a lazy regex is slower here)
+        if len(bodies) == MAX_BLOCKS:  # more blocks than an answer has: spam, not read
+            truncated = True
+            break
         end = text.find("```", fence.end())
         if end < 0:
             truncated = True

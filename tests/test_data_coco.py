@@ -77,7 +77,7 @@ def _broken_set(root: Path) -> Path:
     data = (s.images / imgs[1]["file_name"]).read_bytes()
     (s.images / imgs[1]["file_name"]).write_bytes(data[: len(data) // 2])  # corrupt_image (truncated)
     imgs[2]["width"] += 10  # size_mismatch
-    coco["images"].append(dict(imgs[3]))  # duplicate image id
+    coco["images"].append(dict(imgs[3]))  # duplicate image id: both images skipped
     coco["images"].append({"id": 999, "file_name": 5})  # malformed
     anns = coco["annotations"]
     a4 = [a for a in anns if a["image_id"] == imgs[4]["id"]]
@@ -97,7 +97,7 @@ EXPECTED_RULES = {
     "missing_image": 1,
     "corrupt_image": 1,
     "size_mismatch": 1,
-    "duplicate_id": 2,
+    "duplicate_id": 3,  # both images of the repeated id, and the annotation
     "malformed_record": 1,
     "box_outside_image": 1,
     "box_zero_area": 1,
@@ -114,7 +114,7 @@ def test_bad_input_rules_counted_and_written(tmp_path):
     out = tmp_path / "o.parquet"
     summary = convert_coco(s.annotations, s.images, out, opts(model_family="qwen2_vl"))
     assert {k: v["count"] for k, v in summary["rules"].items()} == EXPECTED_RULES
-    assert summary["rows"] == 8 - 4  # missing, corrupt, size mismatch, no objects
+    assert summary["rows"] == 8 - 5  # missing, corrupt, size mismatch, repeated id, no objects
     assert json.loads(summary_path(out).read_text())["rules"] == summary["rules"]
     r4 = [r for r in rows(out) if r["extra_info"]["source_id"] == "5"]
     assert r4 and r4[0]["gt"]["objects"][0]["bbox_2d"][:2] == [0, 0]  # clipped, not dropped

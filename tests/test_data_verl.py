@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -122,3 +124,52 @@ def test_inspection_catches_wrong_rows(tmp_path, qwen2_5_vl_processor_dir):
     assert "row 0 (coco 7): processor grid 36x26 patches of 14" in text
     assert "row 0 (coco 7): ground truth as an answer scores" in text or "row 0 (coco 7): bad detection" in text
     assert "row 1 (refcoco" in text and "does not fit task 'detection'" in text
+
+
+def _modes_set(root: Path) -> Path:
+    """A grounding table over images in modes verl's loader renders wrong, or cannot render."""
+    root.mkdir()
+    grey16 = np.full((120, 160), 32896, np.uint16)  # mid-grey in 16 bits: verl's loader shows white
+    Image.fromarray(grey16).save(root / "grey16.png")
+    la = Image.new("LA", (160, 120), (0, 0))  # transparent black: verl's loader shows black, not white
+    la.paste((200, 255), (40, 30, 120, 90))
+    la.save(root / "la.png")
+    Image.fromarray(np.full((120, 160), 0.5, np.float32)).save(root / "float.tiff")  # no 8-bit range
+    Image.new("RGB", (160, 120), (10, 200, 30)).save(root / "rgb.png")
+    names = ("grey16.png", "la.png", "float.tiff", "rgb.png")
+    lines = [json.dumps({"image": n, "expression": f"the {n}", "bbox": [40, 30, 120, 90]}) for n in names]
+    (root / "t.jsonl").write_text("\n".join(lines) + "\n")
+    return root / "t.jsonl"
+
+
+def test_image_modes_are_stored_as_the_model_should_see_them(tmp_path, qwen2_5_vl_processor_dir):
+    table = _modes_set(tmp_path / "m")
+    out = tmp_path / "o.parquet"
+    summary = convert_refcoco(out, ConvertOptions(progress=False), jsonl=table)
+    assert summary["rows"] == 3 and summary["rules"]["unsupported_image_mode"]["count"] == 1
+    assert summary["rules"]["image_converted"]["count"] == 2  # the RGB one is stored as it is
+    stored = {r["source_id"]: r for r in pq.read_table(out).column("extra_info").to_pylist()}
+    assert len(stored) == 3
+    report = inspect_parquet(out, qwen2_5_vl_processor_dir, n_draw=0)
+    assert report.ok, report.problems
+    # What verl feeds the model, through its own RLHFDataset: grey, not white.
+    from verl.utils.dataset.vision_utils import process_image
+
+    row = next(r for r in pq.read_table(out).to_pylist() if r["extra_info"]["source_id"].startswith("grey16"))
+    seen = process_image({"image": Image.open(io.BytesIO(row["images"][0]["bytes"]))})
+    assert np.asarray(seen).mean() == pytest.approx(128, abs=1)
+
+
+def test_inspection_catches_an_image_verl_renders_wrong(tmp_path, qwen2_5_vl_processor_dir):
+    table = _modes_set(tmp_path / "m")
+    out = tmp_path / "o.parquet"
+    convert_refcoco(out, ConvertOptions(progress=False), jsonl=table)
+    rows = pq.read_table(out).to_pylist()
+    raw = (tmp_path / "m" / "grey16.png").read_bytes()  # as stored before the conversion existed
+    for r in rows:
+        if r["extra_info"]["source_id"].startswith("grey16"):
+            r["images"][0]["bytes"] = raw
+    pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), out)
+    report = inspect_parquet(out, qwen2_5_vl_processor_dir, n_draw=0)
+    (problem,) = report.problems
+    assert "grey16" in problem and "127/255 off its pixels" in problem

@@ -491,6 +491,39 @@ def test_curriculum_misconfiguration_is_an_error(prepared, qwen2_5_vl_processor,
         CurriculumDataset(config.data.train_files, qwen2_5_vl_processor.tokenizer, config.data, qwen2_5_vl_processor)
 
 
+def test_a_split_without_rows_stops_the_recipe_with_the_reason(tmp_path, capfd):
+    """All images missing: the conversion fails, and the preflight stops there (no empty
+    parquet left behind for the next run to take as prepared)."""
+    from perception_r1_verl.data.sample import make_sample_coco
+
+    sample = make_sample_coco(tmp_path / "sample", n_images=2)
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    sample.annotations.rename(tmp_path / "coco" / "annotations" / "instances_train2017.json")
+    (tmp_path / "coco" / "train2017").mkdir()  # no image at all
+    settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
+    with pytest.raises(SystemExit, match="could not prepare the train split"):
+        prepare_data(TASKS["coco_det"], settings)
+    err = capfd.readouterr().err
+    assert "wrote 0 rows" in err and "missing_image: 2" in err and "no row was written" in err
+    assert not settings.parquet("train").exists()
+
+
+def test_the_reward_check_of_an_empty_val_file_is_a_problem(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from perception_r1_verl.data.rows import SCHEMA
+
+    empty = tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist([], schema=SCHEMA), empty)
+    config = OmegaConf.create(
+        {"data": {"val_files": [str(empty)]}, "reward": {"reward_manager": {"name": "perception"}}}
+    )
+    assert recipe_main.reward_check(config, 4, allow_offline=True) == [
+        f"{empty} holds no rows to score (delete it to prepare it again)"
+    ]
+
+
 def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
     settings = settings_for("coco_det", tmp_path / "data", tmp_path / "model", DATASET_ROOT=str(tmp_path / "coco"))
     command = prep_command(TASKS["coco_det"], settings, "val")

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -231,9 +232,65 @@ def test_an_exception_scores_zero_and_warnings_are_rate_limited(tokenizer, fresh
         assert [out["reward_extra_info"]["reward_error"] for out in outs] == [1.0, 1.0]
         assert [out["reward_score"] for out in outs] == [0.0, 0.0]
         assert caplog.text.count("raised ValueError('bad ground truth'); scored 0") == 1
-        rm._last_warning["reward_error"] -= rm.WARN_INTERVAL_S  # the interval has passed
+        rm._last_warning["reward_error ValueError"] -= rm.WARN_INTERVAL_S  # the interval has passed
         score_rows(manager, tokenizer, [grounding_row("z", index=3)])
     assert "index=3 raised ValueError('bad ground truth'); scored 0 (1 more reward_error" in caplog.text
+
+
+def test_the_time_limit_holds_when_scoring_holds_the_gil(tokenizer, fresh_warnings, caplog):
+    """A scorer stuck in C holding the GIL (a backtracking regex: hours at 40 characters)
+    froze the event loop that enforced the limit, and every other response with it."""
+
+    def compute_score(solution_str, **_):
+        if "stuck" in solution_str:
+            re.fullmatch(r"(a+)+b", "a" * 40)  # exponential, in C, never releasing the GIL
+        return {"score": 1.0}
+
+    manager = make_manager(tokenizer, compute_score, timeout_s=0.5)
+    rows = [grounding_row("stuck", index=1), grounding_row("stuck", index=2)] + [grounding_row("ok")] * 3
+    start = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=rm.__name__):
+        outs = score_rows(manager, tokenizer, rows)
+    elapsed = time.monotonic() - start
+    assert [out["reward_score"] for out in outs] == [0.0, 0.0, 1.0, 1.0, 1.0]
+    assert [out["reward_extra_info"]["reward_timeout"] for out in outs] == [1.0, 1.0, 0.0, 0.0, 0.0]
+    assert "index=1 took over 0.5s; scored 0" in caplog.text
+    # Each stuck response costs its limit, plus starting a fresh worker: not the scorer's hours.
+    assert elapsed < 20 * manager.timeout_s
+    # The pool goes on with fresh workers.
+    [again] = score_rows(manager, tokenizer, [grounding_row("ok")])
+    assert again["reward_score"] == 1.0
+
+
+@pytest.mark.parametrize("extra_info", ["refcoco row 3", [1, 2], 7])
+def test_a_malformed_row_scores_zero_and_the_batch_goes_on(tokenizer, fresh_warnings, caplog, extra_info):
+    data = make_batch(tokenizer, [grounding_row(BOX_ANSWER, index=0), grounding_row(BOX_ANSWER, index=1)])
+    data.non_tensor_batch["extra_info"][0] = extra_info
+
+    async def run():
+        manager = make_manager(tokenizer)
+        return await asyncio.gather(*(manager.run_single(data[i : i + 1]) for i in range(len(data))))
+
+    with caplog.at_level(logging.WARNING, logger=rm.__name__):
+        bad, good = asyncio.run(run())
+    assert bad["reward_score"] == 0.0 and bad["reward_extra_info"]["reward_error"] == 1.0
+    assert good["reward_score"] == max_score("grounding")
+    assert f"extra_info must be a dict, got {type(extra_info).__name__}" in caplog.text
+
+
+def test_warnings_are_rate_limited_per_kind_of_error(tokenizer, fresh_warnings, caplog):
+    errors = {"a": ValueError("bad truth"), "b": KeyError("frame"), "c": ZeroDivisionError("0/0")}
+
+    def compute_score(solution_str, **_):
+        raise errors[solution_str.strip()[0]]
+
+    rows = [grounding_row(letter, index=k) for k, letter in enumerate("aabbcc")]
+    with caplog.at_level(logging.WARNING, logger=rm.__name__):
+        score_rows(make_manager(tokenizer, compute_score), tokenizer, rows)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3  # one per kind, each naming its row and error
+    for name in ("ValueError('bad truth')", "KeyError('frame')", "ZeroDivisionError('0/0')"):
+        assert sum(name in line for line in lines) == 1
 
 
 @pytest.mark.parametrize("path", [None, "pkg://perception_r1_verl.rewards"])

@@ -4,6 +4,8 @@ For every row (or the first ``max_rows``): load it through verl's ``RLHFDataset`
 its image with verl's own vision path and the model's processor, and check that
 
 - the image the processor gets is ``extra_info.input_size`` and its patch grid matches;
+- that image shows the stored pixels as they are meant (:func:`rendering_error`: verl's
+  loader turns a 16-bit grey PNG white and drops transparency other than RGBA);
 - the prompt holds exactly as many image tokens as that grid needs;
 - the ground truth, written as the model would answer it
   (:func:`perception_r1_verl.rewards.render_answer`), scores the reward's maximum.
@@ -15,17 +17,21 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import orjson
 from PIL import Image, ImageDraw
 
 from perception_r1_verl import frames
+from perception_r1_verl.data.images import model_rgb
 from perception_r1_verl.data.qwen_vl import import_qwen_vl_utils, load_processor
 
 _CELL = 320  # thumbnail width in the grid
 _COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa")
 _SCORE_TOL = 1e-6
+_PIXEL_TOL = 2.0  # mean of 255: resampling the same pixels the same way differs by rounding only
 
 
 @dataclass
@@ -67,6 +73,8 @@ def inspect_parquet(
         row = dataset[i]
         where = f"row {i} ({row['data_source']} {row['extra_info']['source_id']})"
         image = _check_vision(row, dataset, config, processor, where, report)
+        if image is not None:
+            _check_pixels(dataset.dataframe[i]["images"][0]["bytes"], image, where, report)
         gt_text = row["reward_model"]["ground_truth"]
         gt, info = orjson.loads(gt_text), row["extra_info"]
         try:
@@ -116,6 +124,34 @@ def _check_vision(row, dataset, config, processor, where: str, report: Report):
     if n_tokens != gh * gw // merge**2:
         report.problems.append(f"{where}: {n_tokens} image tokens for a {gw}x{gh} grid (merge {merge})")
     return images[0]
+
+
+def rendering_error(stored: bytes, seen: Image.Image) -> float:
+    """Mean absolute difference (of 255) between ``seen``, the image verl feeds the model,
+    and the ``stored`` image as its pixels mean (:func:`~perception_r1_verl.data.images.model_rgb`)
+    at the same size: about 0 unless verl's loader renders the stored mode wrong.
+
+    >>> import numpy as np
+    >>> png = BytesIO(); Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(png, "PNG")  # 16-bit mid-grey
+    >>> rendering_error(png.getvalue(), Image.new("RGB", (2, 2), (255, 255, 255)))  # what verl showed
+    127.0
+    """
+    with Image.open(BytesIO(stored)) as im:
+        meant = model_rgb(im).resize(seen.size)
+    return float(np.abs(np.asarray(meant, np.int16) - np.asarray(seen.convert("RGB"), np.int16)).mean())
+
+
+def _check_pixels(stored: bytes, seen: Image.Image, where: str, report: Report) -> None:
+    try:
+        error = rendering_error(stored, seen)
+    except ValueError as e:  # 32-bit or float pixels: no rendering is right
+        report.problems.append(f"{where}: the stored image cannot be shown as it is meant: {e}")
+        return
+    if error > _PIXEL_TOL:
+        report.problems.append(
+            f"{where}: verl shows the stored image {error:.0f}/255 off its pixels on average "
+            "(a mode its loader renders wrong: convert the split again)"
+        )
 
 
 def draw_row(image: Image.Image, gt: dict, info: dict) -> Image.Image:

@@ -53,13 +53,20 @@ def check_main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from perception_r1_verl.data.check import inspect_parquet
+    from perception_r1_verl.outputs import OutputError, check_output
 
+    grid = args.grid or args.parquet.with_suffix(".grid.png")
+    try:
+        check_output(grid, [args.parquet, args.processor], "png")
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     report = inspect_parquet(
         args.parquet,
         args.processor,
         max_rows=args.max_rows,
         n_draw=args.draw,
-        grid=args.grid or args.parquet.with_suffix(".grid.png"),
+        grid=grid,
         reward_kwargs=args.reward_kwargs,
     )
     for problem in report.problems[:50]:

@@ -12,6 +12,7 @@ from perception_r1_verl.data.driver import summary_path
 from perception_r1_verl.data.options import IMAGE_STORES, ConvertOptions
 from perception_r1_verl.data.rules import DataError
 from perception_r1_verl.families import MODEL_FAMILIES, family, family_of_model
+from perception_r1_verl.outputs import OutputError, check_output
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -102,9 +103,23 @@ def run_cli(
     """Parse, convert, print the summary; bad input under --strict exits 2 with its message."""
     args = parser.parse_args(argv)
     try:
+        inputs = _input_paths(args)
+        check_output(args.out, inputs, "parquet")
+        check_output(summary_path(args.out), inputs)
         summary = convert_fn(args, options_from_args(args))
-    except DataError as e:
+    except (DataError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(summary)
+    if not summary["rows"]:
+        print(
+            f"error: no row was written to {args.out}: every record was skipped (see the rules above)", file=sys.stderr
+        )
+        return 2
     return 0
+
+
+def _input_paths(args: argparse.Namespace) -> list[Path]:
+    """Every path flag of a converter but ``--out``: its input files and folders."""
+    values = [v for k, v in vars(args).items() if k != "out"]
+    return [p for v in values for p in (v if isinstance(v, list) else [v]) if isinstance(p, Path)]

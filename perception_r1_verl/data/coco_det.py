@@ -10,6 +10,7 @@ every category of the file, as the paper does for COCO's 80; ``prompt_categories
 from __future__ import annotations
 
 import argparse
+import reprlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,7 @@ from perception_r1_verl.data.driver import Job, RowBuilder, convert
 from perception_r1_verl.data.geometry import Geometry
 from perception_r1_verl.data.options import ConvertOptions
 from perception_r1_verl.data.rules import DataError, Stats
-from perception_r1_verl.data.tables import is_duplicate, is_number
+from perception_r1_verl.data.tables import is_duplicate, is_id, is_number, under_root
 from perception_r1_verl.prompts import prompt_text
 
 if TYPE_CHECKING:
@@ -39,19 +40,27 @@ def load_coco(annotations: Path, images: Path, stats: Stats) -> tuple[list[Job],
         raise DataError(f"{annotations} is not COCO format: needs 'images' and 'categories' lists")
     categories: dict[int, str] = {}
     for cat in data["categories"]:
-        where = f"category {cat.get('id') if isinstance(cat, dict) else cat!r}"
+        where = f"category {reprlib.repr(cat.get('id') if isinstance(cat, dict) else cat)}"
         if not (isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)):
             stats.hit("malformed_record", where)
         elif not is_duplicate(cat["id"], categories, stats, where):
             categories[cat["id"]] = cat["name"]
     jobs: dict[int, Job] = {}
+    repeated: set[int] = set()
     for img in data["images"]:
         job = _image_job(img, Path(images), stats)
-        if job is not None and not is_duplicate(int(job.source_id), jobs, stats, job.record):
+        if job is not None and is_duplicate(int(job.source_id), jobs, stats, job.record):
+            repeated.add(int(job.source_id))
+        elif job is not None:
             jobs[int(job.source_id)] = job
+    # Annotations name their image by id alone: under a repeated id they cannot be told
+    # apart, so no image of that id becomes a row (the first one is counted here).
+    for image_id in repeated:
+        stats.hit("duplicate_id", f"{jobs.pop(image_id).record}: its id is repeated")
     seen_ann: set = set()
     for ann in data.get("annotations") or []:
-        _add_annotation(ann, jobs, categories, seen_ann, stats)
+        if not (isinstance(ann, dict) and is_id(ann.get("image_id")) and ann["image_id"] in repeated):
+            _add_annotation(ann, jobs, categories, seen_ann, stats)
     return list(jobs.values()), categories
 
 
@@ -63,11 +72,15 @@ def _image_job(img, images: Path, stats: Stats) -> Job | None:
         and all(isinstance(img.get(k), int) and img[k] > 0 for k in ("width", "height"))
     )
     if not ok:
-        stats.hit("malformed_record", f"image {img.get('id') if isinstance(img, dict) else img!r}")
+        stats.hit("malformed_record", f"image {reprlib.repr(img.get('id') if isinstance(img, dict) else img)}")
+        return None
+    path = under_root(images, img["file_name"])
+    if path is None:
+        stats.hit("image_outside_root", f"image id {img['id']} ({img['file_name']})")
         return None
     return Job(
         source_id=str(img["id"]),
-        image=images / img["file_name"],
+        image=path,
         record=f"image id {img['id']} ({img['file_name']})",
         payload=[],
         expected_size=(img["width"], img["height"]),
@@ -76,12 +89,15 @@ def _image_job(img, images: Path, stats: Stats) -> Job | None:
 
 def _add_annotation(ann, jobs: dict[int, Job], categories: dict, seen: set, stats: Stats) -> None:
     if not isinstance(ann, dict):
-        stats.hit("malformed_record", f"annotation {ann!r}")
+        stats.hit("malformed_record", f"annotation {reprlib.repr(ann)}")
         return
-    where = f"annotation id {ann.get('id')} (image id {ann.get('image_id')})"
+    where = f"annotation id {reprlib.repr(ann.get('id'))} (image id {reprlib.repr(ann.get('image_id'))})"
     bbox = ann.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(is_number, bbox))):
-        stats.hit("malformed_record", f"{where}: bbox {bbox!r}")
+        stats.hit("malformed_record", f"{where}: bbox {reprlib.repr(bbox)}")
+        return
+    if not all(is_id(ann.get(k)) for k in ("id", "image_id", "category_id")):  # a list or dict id
+        stats.hit("malformed_record", f"{where}: ids must be integers or strings")
         return
     if is_duplicate(ann.get("id"), seen, stats, where):
         return

@@ -62,6 +62,8 @@ class RowBuilder:
         if job.expected_size is not None and tuple(job.expected_size) != img.size:
             stats.hit("size_mismatch", f"{job.record}: annotated {job.expected_size}, file {img.size}")
             return None
+        if img.converted:
+            stats.hit("image_converted", f"{job.record}: mode {img.converted}")
         geometry = Geometry.of(img.size, options)
         answered = self.answer(job, geometry, stats)
         if answered is None:
@@ -89,7 +91,7 @@ def convert(jobs: Sequence[Job], builder: RowBuilder, out: Path, options: Conver
     """Stream ``jobs`` into ``out`` as ``builder``'s rows; return (and write next to it) the summary.
 
     With ``options.limit`` the jobs are visited in a seeded random order until that many
-    rows are written.
+    rows are written. Without any row, no parquet is written (the summary says why).
     """
     start = time.perf_counter()
     order = np.random.default_rng(options.seed).permutation(len(jobs)) if options.limit else range(len(jobs))
@@ -106,7 +108,10 @@ def convert(jobs: Sequence[Job], builder: RowBuilder, out: Path, options: Conver
                     bar.update(1)
                     if sink.count >= target:
                         break
-        sink.close()
+        if sink.count:
+            sink.close()
+        else:  # an empty split is an error (see cli_args.run_cli), never a file a later run picks up
+            sink.abort()
     except BaseException:
         sink.abort()
         raise

@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from perception_r1_verl.data.rules import CellError, DataError, Stats
-from perception_r1_verl.data.tables import is_duplicate, is_number, iter_parquet, read_table
+from perception_r1_verl.data.rules import CellError, DataError, OutsideRootError, Stats
+from perception_r1_verl.data.tables import is_duplicate, is_number, iter_parquet, read_table, under_root
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,10 @@ def cell_image_bytes(cell, root: Path | None = None) -> bytes:
         if cell.get("bytes"):
             return cell["bytes"]
         if cell.get("path"):
-            return (Path(root or ".") / cell["path"]).read_bytes()
+            path = under_root(Path(root or "."), cell["path"])
+            if path is None:
+                raise OutsideRootError(f"the cell's path {cell['path']!r} leaves the image folder")
+            return path.read_bytes()
     elif isinstance(cell, bytes) and cell:
         return cell
     raise FileNotFoundError("the cell holds neither image bytes nor a path")
@@ -93,11 +96,15 @@ def _read_cell(table: Path, column: str, row: int):
     return _cache["values"][row - _cache["starts"][g]]
 
 
-def with_root(image, root: Path):
-    """Where ``image`` (a relative path or a :class:`TableImage`) is read from, under ``root``."""
+def with_root(image, root: Path, stats: Stats, where: str):
+    """Where ``image`` (a relative path or a :class:`TableImage`) is read from, under ``root``;
+    None, counted, for a path that leaves ``root`` (see :func:`under_root`)."""
     if isinstance(image, TableImage):
         return replace(image, root=Path(root))
-    return Path(root) / image
+    path = under_root(root, image)
+    if path is None:
+        stats.hit("image_outside_root", f"{where} ({image})")
+    return path
 
 
 @dataclass(frozen=True)

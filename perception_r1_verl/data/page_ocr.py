@@ -91,8 +91,9 @@ def load_page_ocr(path, images: Path, stats: Stats, layout: str | None = None) -
     jobs, seen = [], set()
     for where, page in read_layout(path, LAYOUTS, stats, layout):
         source_id = str(page.id) if page.id is not None else image_key(page.image, where)
-        if keep(page.text.strip(), source_id, seen, stats, where):
-            jobs.append(Job(source_id, with_root(page.image, images), f"{where} ({page.image})", page.text))
+        image = with_root(page.image, images, stats, where)
+        if image is not None and keep(page.text.strip(), source_id, seen, stats, where):
+            jobs.append(Job(source_id, image, f"{where} ({page.image})", page.text))
     return jobs
 
 

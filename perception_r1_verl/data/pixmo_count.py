@@ -38,7 +38,7 @@ from perception_r1_verl.data.layouts import (
     with_root,
 )
 from perception_r1_verl.data.options import ConvertOptions
-from perception_r1_verl.data.rules import Stats
+from perception_r1_verl.data.rules import DataError, Stats
 from perception_r1_verl.data.tables import is_number, pick
 from perception_r1_verl.prompts import prompt_text
 
@@ -70,8 +70,11 @@ def _points(raw) -> list[list[float]] | None:
 
 def _sha_index(images: Path) -> dict[str, str]:
     """File stem -> file name for every file in ``images`` (one directory scan)."""
-    with os.scandir(images) as it:
-        return {os.path.splitext(e.name)[0]: e.name for e in it if e.is_file()}
+    try:
+        with os.scandir(images) as it:
+            return {os.path.splitext(e.name)[0]: e.name for e in it if e.is_file()}
+    except OSError as e:
+        raise DataError(f"cannot list the image folder {images} (--images): {e.strerror}") from e
 
 
 class Count(NamedTuple):
@@ -173,14 +176,15 @@ def load_pixmo(table, images: Path, stats: Stats, layout: str | None = None) -> 
             image = by_sha.get(c.sha, c.sha)  # a missing file is reported when it is read
         label = c.label.strip()
         source_id = str(c.id) if c.id is not None else f"{c.sha or image_key(image, where)}:{label}"
-        if not keep(label, source_id, seen, stats, where):
+        path = with_root(image, images, stats, where)
+        if path is None or not keep(label, source_id, seen, stats, where):
             continue
         points, count = c.points, c.count
         if points == [] and count:  # eval splits: a count, no points
             points = None
         if points is not None and count is not None and count != len(points):
             stats.hit("count_mismatch", f"{where}: count {count}, {len(points)} points")
-        jobs.append(Job(source_id, with_root(image, images), f"{where} ({image})", (label, count, points)))
+        jobs.append(Job(source_id, path, f"{where} ({image})", (label, count, points)))
     return jobs
 
 

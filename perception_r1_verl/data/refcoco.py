@@ -198,8 +198,9 @@ def load_table(
                 continue
             text = ref.text.strip()
             source_id = str(ref.id) if ref.id is not None else f"{image_key(ref.image, where)}:{text}"
-            if keep(text, source_id, seen, stats, where):
-                jobs.append(Job(source_id, with_root(ref.image, images), f"{where} ({ref.image})", (ref.box, text)))
+            image = with_root(ref.image, images, stats, where)
+            if image is not None and keep(text, source_id, seen, stats, where):
+                jobs.append(Job(source_id, image, f"{where} ({ref.image})", (ref.box, text)))
     return jobs
 
 

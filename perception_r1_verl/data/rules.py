@@ -10,7 +10,9 @@ RULES = {
     "malformed_record": "skip: a record lacks a required field or has one of the wrong type",
     "duplicate_id": "skip: a later record repeats an id already converted (the first one wins)",
     "missing_image": "skip: the image file does not exist",
+    "image_outside_root": "skip: the image path is absolute or its '..' parts climb out of the image folder",
     "corrupt_image": "skip: the image file cannot be decoded completely",
+    "unsupported_image_mode": "skip: 32-bit integer or float pixels have no 8-bit range the model's loader could show",
     "bad_aspect_ratio": "skip: the image is more than 200 times wider than high (or v.v.); the processor refuses it",
     "size_mismatch": "skip: the decoded image size differs from the size in the annotations (EXIF rotation or wrong file)",
     "empty_text": "skip: the expression, label or transcript is empty",
@@ -27,6 +29,7 @@ RULES = {
 NOTES = {
     "crowd_ignored": "COCO crowd regions (iscrowd=1) are not detection targets",
     "empty_image_kept": "detection image without objects kept as a negative (--keep-empty)",
+    "image_converted": "stored as 8-bit RGB PNG: verl's loader would clip 16-bit grey to white or drop transparency",
     "count_without_points": "counting row with a count but no points (PixMo eval splits): count-only ground truth",
 }
 _EXAMPLES = 5
@@ -38,6 +41,10 @@ class DataError(ValueError):
 
 class CellError(ValueError):
     """A table cell that cannot give one image (it holds several)."""
+
+
+class OutsideRootError(ValueError):
+    """An image path that leaves the image folder (see ``tables.under_root``)."""
 
 
 class Stats:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from ..families import MODEL_FAMILIES
+from ..outputs import OutputError, check_output
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +118,7 @@ def _log(msg: str) -> None:
 def _suite(args) -> int:
     from .suite import SuiteError, run_suite
 
+    check_output(args.out, [args.model, args.dataset_root], "dir")
     try:
         table = run_suite(
             args.model,
@@ -141,6 +143,17 @@ def _suite(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # generate appends after each batch: a rerun resumes
+        print(f"interrupted; rerun the same command to resume ({args.command} --out {args.out})", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     if args.command == "suite":
         return _suite(args)
     if args.command == "generate":
@@ -156,6 +169,7 @@ def main(argv=None) -> int:
         return _rollouts(args)
     from .score import score
 
+    check_output(args.out, [args.data, args.responses, args.annotations], "dir")
     metrics = score(
         args.data,
         args.responses,
@@ -175,6 +189,7 @@ def main(argv=None) -> int:
 def _rollouts(args) -> int:
     from .rollouts import rollout_report
 
+    check_output(args.out, [args.dir, *args.data], "html")
     try:
         stats = rollout_report(args.dir, args.data, args.out, steps=args.steps, last=args.last, top_k=args.top_k)
     except (ValueError, OSError) as e:

@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..data.images import to_rgb
 from ..frames import smart_resize
+from ..outputs import check_output
 from ..parsing import END_TOKENS
 from .dataset import read_responses
 
@@ -277,8 +278,9 @@ def generate(
     from ..data.qwen_vl import load_processor
     from .dataset import read_split
 
-    model_dir = fold_lora(resolve_model_dir(model), log)
     out = Path(out)
+    check_output(out, [data], "responses")  # appending to the split (swapped arguments) would destroy it
+    model_dir = fold_lora(resolve_model_dir(model), log)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = _completed(out)
     samples = read_split(data)

@@ -5,9 +5,11 @@ Differences from verl's ``naive`` manager, and why:
 - the completion is decoded *keeping* special tokens (only end and pad tokens are
   dropped): Qwen2-VL answers with ``<|box_start|>``/``<|object_ref_start|>``, which
   ``skip_special_tokens=True`` deletes, leaving the rewards blind to the box format;
-- ``compute_score`` runs in a thread under a per-response time limit; a timeout or an
-  exception scores 0, is counted in ``reward_timeout``/``reward_error`` and logged
-  (rate-limited), so one bad completion never stalls or crashes a training step;
+- decoding and ``compute_score`` run in a worker process under a per-response time limit
+  (:mod:`.scoring`: a process past its limit is killed, which no thread can be, even one
+  that holds the GIL); a timeout, an exception or a malformed row scores 0, is counted in
+  ``reward_timeout``/``reward_error`` and logged (rate-limited per kind of error), so
+  one bad completion or row never stalls or crashes a training step;
 - ``reward_extra_info`` always has the same keys (every component of every task, ``None``
   where a component does not apply): verl builds each batch column from the first
   sample's keys and raises ``KeyError`` when a later sample lacks one.
@@ -15,12 +17,10 @@ Differences from verl's ``naive`` manager, and why:
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from verl import DataProto
@@ -30,6 +30,7 @@ from verl.utils.reward_score import default_compute_score
 
 from perception_r1_verl import rewards
 from perception_r1_verl.parsing import END_TOKENS
+from perception_r1_verl.plugin.scoring import ScoringPool
 from perception_r1_verl.rewards import COUNTERS
 
 logger = logging.getLogger(__name__)
@@ -75,9 +76,9 @@ class PerceptionRewardManager(RewardManagerBase):
     ``custom_reward_function.path`` is set and this manager binds to the default otherwise.
     """
 
-    # The rewards hold the GIL; parallelism comes from verl's ``reward.num_workers``
-    # processes. Two threads let a slow response run beside the others.
-    _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="perception-reward")
+    # Parallelism comes from verl's ``reward.num_workers`` processes; two scoring
+    # processes each let a slow response run beside the others.
+    SCORING_PROCESSES = 2
 
     def __init__(self, config, tokenizer, compute_score, reward_router_address=None, reward_model_tokenizer=None):
         super().__init__(config, tokenizer, compute_score)
@@ -86,7 +87,7 @@ class PerceptionRewardManager(RewardManagerBase):
             kwargs = dict(config.reward.get("custom_reward_function", {}).get("reward_kwargs", {}) or {})
             compute_score = partial(rewards.compute_score, **kwargs)
         if inspect.iscoroutinefunction(compute_score):
-            raise TypeError("the 'perception' reward manager runs compute_score in a thread; it must be synchronous")
+            raise TypeError("the 'perception' reward manager runs compute_score in a process; it must be synchronous")
         self.compute_score = compute_score
         options = config.reward.get("reward_kwargs", {}) or {}
         self.timeout_s = float(options.get("timeout_s", DEFAULT_TIMEOUT_S))
@@ -94,51 +95,48 @@ class PerceptionRewardManager(RewardManagerBase):
             raise ValueError(f"reward.reward_kwargs.timeout_s must be > 0, got {self.timeout_s}")
         self.extra_keys = (*rewards.component_keys(), *COUNTERS)
         self.end_ids = end_token_ids(tokenizer)
+        self.pool = ScoringPool(self._score, self.SCORING_PROCESSES)
 
-    async def _call_timed(self, fn):
-        """Run ``fn`` in the executor; the time limit starts when it starts, not while queued."""
-        loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-
-        def job():
-            loop.call_soon_threadsafe(started.set)
-            return fn()
-
-        future = loop.run_in_executor(self._executor, job)
-        await started.wait()
-        # A timed-out call keeps its thread until it returns (threads cannot be killed).
-        return await asyncio.wait_for(future, self.timeout_s)
+    def _score(self, job: tuple) -> tuple[dict, list]:
+        """In a worker process: decode and score; the components to log, and unknown keys."""
+        data_source, ids, ground_truth, extra_info = job
+        text = decode_response(self.tokenizer, ids, self.end_ids)
+        result = self.compute_score(
+            data_source=data_source, solution_str=text, ground_truth=ground_truth, extra_info=extra_info
+        )
+        result = result if isinstance(result, dict) else {"score": result}
+        components = {key: float(value) for key, value in result.items() if key in self.extra_keys}
+        return {**components, "score": float(result["score"])}, sorted(result.keys() - {"score", *self.extra_keys})
 
     async def run_single(self, data: DataProto) -> dict:
-        item = data[-1]  # multi-sequence outputs are scored on the last sequence, as in verl
-        response_ids = item.batch["responses"]
-        valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
-        ids = response_ids[:valid_length].tolist()
-        data_source = item.non_tensor_batch["data_source"]
-        ground_truth = item.non_tensor_batch["reward_model"]["ground_truth"]
-        extra_info = item.non_tensor_batch.get("extra_info", None) or {}
-
-        def score() -> dict:
-            text = decode_response(self.tokenizer, ids, self.end_ids)
-            result = self.compute_score(
-                data_source=data_source, solution_str=text, ground_truth=ground_truth, extra_info=extra_info
-            )
-            result = result if isinstance(result, dict) else {"score": result}
-            unknown = result.keys() - info.keys()
-            if unknown:
-                _warn("unknown component", f"perception reward: components {sorted(unknown)} not logged")
-            components = {key: float(value) for key, value in result.items() if key in info}
-            return {**components, "score": float(result["score"])}
-
         info = dict.fromkeys(self.extra_keys)
         info.update(dict.fromkeys(COUNTERS, 0.0), score=0.0)
-        where = f"data_source={data_source!r} index={extra_info.get('index')!r}"
+        where = "a row"
         try:
-            info.update(await self._call_timed(score))
-        except asyncio.TimeoutError:
+            job = read_row(data[-1])  # multi-sequence outputs are scored on the last sequence, as in verl
+            where = f"data_source={job[0]!r} index={job[3].get('index')!r}"
+            components, unknown = await self.pool.run(job, self.timeout_s)
+            info.update(components)
+            if unknown:
+                _warn("unknown component", f"perception reward: components {unknown} not logged")
+        except TimeoutError:
             _warn("reward_timeout", f"perception reward: {where} took over {self.timeout_s:g}s; scored 0")
             info["reward_timeout"] = 1.0
-        except Exception as exc:
-            _warn("reward_error", f"perception reward: {where} raised {exc!r}; scored 0")
+        except Exception as exc:  # per kind, so a batch with several kinds of error names each
+            _warn(f"reward_error {type(exc).__name__}", f"perception reward: {where} raised {exc!r}; scored 0")
             info["reward_error"] = 1.0
         return {"reward_score": info["score"], "reward_extra_info": info}
+
+
+def read_row(item) -> tuple:
+    """``(data_source, response ids, ground truth, extra_info)`` of one row of verl's batch;
+    ValueError naming what is malformed (``extra_info`` must be a dict or absent)."""
+    response_ids = item.batch["responses"]
+    valid_length = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+    row = item.non_tensor_batch
+    reward_model, extra_info = row.get("reward_model"), row.get("extra_info")
+    if not isinstance(reward_model, dict) or "ground_truth" not in reward_model:
+        raise ValueError(f"reward_model must be a dict with ground_truth, got {type(reward_model).__name__}")
+    if extra_info is not None and not isinstance(extra_info, dict):
+        raise ValueError(f"extra_info must be a dict, got {type(extra_info).__name__}")
+    return row.get("data_source"), response_ids[:valid_length].tolist(), reward_model["ground_truth"], extra_info or {}

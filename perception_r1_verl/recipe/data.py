@@ -103,6 +103,8 @@ def prepare_data(task: Task, settings: Settings) -> None:
         out = settings.parquet(split)
         if out.exists():
             family = prepared_family(out)
+            if family is None:
+                raise SystemExit(f"{out} holds no rows: delete it to prepare it again")
             if family != settings.model_family:
                 raise SystemExit(
                     f"{out} was prepared for {family}, the model is {settings.model_family}: "
@@ -113,6 +115,10 @@ def prepare_data(task: Task, settings: Settings) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         command = prep_command(task, settings, split)
         print(f"[recipe] {split}: {shlex.join(command)}", flush=True)
-        subprocess.run(command, check=True)
+        if subprocess.run(command).returncode:
+            raise SystemExit(
+                f"perception-r1-prep {task.name} could not prepare the {split} split (its error and summary "
+                "are printed above); nothing is launched"
+            )
         if not out.exists():
             raise SystemExit(f"perception-r1-prep {task.name} finished without writing {out}")

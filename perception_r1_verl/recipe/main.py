@@ -43,8 +43,11 @@ def reward_check(config, rows_per_file: int, allow_offline: bool) -> list[str]:
         f"[recipe] scoring {rows_per_file} val rows of each of {len(val_files)} val file(s) through the reward "
         f"manager {config.reward.reward_manager.name!r}"
     )
-    rows = [row for val_file in val_files for row in read_rows(Path(val_file), rows_per_file)]
-    results = score_rows(config, rows, allow_offline=allow_offline)
+    per_file = {f: read_rows(Path(f), rows_per_file) for f in val_files}
+    empty = [f for f, rows in per_file.items() if not rows]
+    if empty:  # nothing to score would pass every check: say so instead
+        return [f"{f} holds no rows to score (delete it to prepare it again)" for f in empty]
+    results = score_rows(config, [row for rows in per_file.values() for row in rows], allow_offline=allow_offline)
     print_scores(results)
     reward_kwargs = config.reward.get("custom_reward_function", {}).get("reward_kwargs") or {}
     return check_scores(results, dict(reward_kwargs))
