@@ -4,6 +4,7 @@ Qwen2-VL / Qwen2.5-VL models built from configs (no hub, no Ray, a few seconds).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import subprocess
 import sys
@@ -293,3 +294,37 @@ def test_a_verl_whose_fit_releases_the_iterator_is_left_alone():
     fit = _TrainerThatReleases.fit
     assert verl_patches.patch_trainer_base(module).startswith("not needed")
     assert _TrainerThatReleases.fit is fit
+
+
+def _two_launches(tracking, path) -> list[int]:
+    """Steps in ``path`` after a run logs step 1 and a relaunch (a resumed run) logs step 2."""
+    for step in (1, 2):
+        logger = tracking.FileLogger("project", "experiment")
+        logger.log({"critic/score/mean": float(step)}, step=step)
+        logger.finish()
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()]
+
+
+def test_a_resumed_run_appends_to_the_metrics_file_verl_would_truncate(tmp_path, monkeypatch):
+    import verl  # noqa: F401  (installs the plugin's fixes)
+    from verl.utils import tracking
+
+    monkeypatch.setenv("VERL_FILE_LOGGER_PATH", str(tmp_path / "metrics.jsonl"))
+    assert tracking.open is verl_patches.appending_open
+    assert _two_launches(tracking, tmp_path / "metrics.jsonl") == [1, 2]
+    monkeypatch.delattr(tracking, "open")  # verl as it ships: the relaunch erases step 1
+    assert _two_launches(tracking, tmp_path / "metrics.jsonl") == [2]
+
+
+class _AppendingFileLogger:
+    """A FileLogger as a verl that fixed the defect would write it."""
+
+    def __init__(self, project_name, experiment_name):
+        self.filepath = "metrics.jsonl"
+        self.fp = open(self.filepath, "ab", buffering=0)
+
+
+def test_a_file_logger_that_appends_is_left_alone():
+    module = types.SimpleNamespace(__name__="verl.utils.tracking", FileLogger=_AppendingFileLogger)
+    assert verl_patches.patch_tracking(module).startswith("not needed")
+    assert not hasattr(module, "open")

@@ -36,10 +36,19 @@ batch with ``L`` ragged, and otherwise does what verl does.
 ends the TaskRunner it kills them first, and the TaskRunner's torch SIGCHLD handler reports
 "DataLoader worker (pid ...) is killed by signal" at the end of a run that succeeded. The
 fix shuts the iterator's workers down when ``fit`` returns or raises.
+
+**The file logger truncating a resumed run's metrics** (verl 0.9.1 ``verl/utils/tracking.py``
+``FileLogger.__init__`` opens ``metrics.jsonl`` with ``"wb"``). A run relaunched with
+``trainer.resume_mode=auto`` logs to the same file (``VERL_FILE_LOGGER_PATH``, or one per
+project and experiment) and erases the steps before the interruption: its curve starts at
+the resumed step. The fix opens the file for appending; readers take a step's last record
+(``perception-r1-eval curves``), so steps logged twice around an interruption read as
+the resumed run wrote them.
 """
 
 from __future__ import annotations
 
+import builtins
 import functools
 import logging
 import sys
@@ -214,10 +223,47 @@ def patch_trainer_base(module) -> str:
     return "patched"
 
 
+# verl 0.9.1's FileLogger.__init__ opens its file with this call.
+_TRUNCATING_OPEN = 'open(self.filepath, "wb", buffering=0)'
+
+
+def appending_open(file, mode="r", *args, **kwargs):
+    """``open`` with ``"wb"`` turned into ``"ab"``: the name verl's ``FileLogger`` finds first.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.jsonl")
+    >>> for line in (b"1\\n", b"2\\n"):
+    ...     with appending_open(path, "wb") as f:
+    ...         _ = f.write(line)
+    >>> open(path, "rb").read()
+    b'1\\n2\\n'
+    """
+    return builtins.open(file, "ab" if mode == "wb" else mode, *args, **kwargs)
+
+
+def patch_tracking(module) -> str:
+    """Make ``module.FileLogger`` (``verl.utils.tracking``) append to its file; returns what was
+    done. Raises ``RuntimeError`` where its source is unexpected."""
+    import inspect
+
+    if getattr(module, "open", None) is appending_open:
+        return "already patched"
+    source = inspect.getsource(module.FileLogger.__init__)
+    if "self.fp = open(" not in source:
+        raise RuntimeError(f"{module.__name__}.FileLogger opens no file")
+    if _TRUNCATING_OPEN not in source:
+        return "not needed: verl's FileLogger does not truncate"
+    # The module's one "wb" open is FileLogger's (the other writes validation text with "w"); a
+    # module global shadows the builtin for that code alone.
+    module.open = appending_open
+    return "patched"
+
+
 PATCHES: dict[str, Callable] = {
     "verl.models.transformers.qwen2_vl": patch_qwen2_vl,
     "verl.utils.tensordict_utils": patch_tensordict_utils,
     "verl.trainer.ppo.v1.trainer_base": patch_trainer_base,
+    "verl.utils.tracking": patch_tracking,
 }
 
 
