@@ -163,6 +163,7 @@ def test_explicit_groups_and_name_clashes(tmp_path):
     result = cv.curves([], tmp_path / "o2", {"lr1e-6": [a, b]}, log=lambda m: None)
     assert result["series"] == {"lr1e-6": ["run", "run"]}
     assert reward_row(result["md"].read_text(), "lr1e-6 (mean of 2)")[1] == "0.17"
+    assert cv.read_run(a / ".").name == "run"  # a folder given as "." is named, not ""
 
 
 def test_a_metric_a_run_did_not_log_is_absent_not_zero(tmp_path):

@@ -109,7 +109,7 @@ def read_run(path: str | Path, name: str | None = None, max_bytes: int = MAX_BYT
     """Every record of a run's metrics file; a later value of a metric at the same step wins
     (verl logs the validation before training as its own record)."""
     file = metrics_file(path)
-    run = Run(name or (Path(path).name if Path(path).is_dir() else file.stem), file)
+    run = Run(name or (Path(path).resolve().name if Path(path).is_dir() else file.stem), file)
     read = 0
     with open(file, "rb") as f:
         while True:
