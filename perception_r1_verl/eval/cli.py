@@ -1,6 +1,6 @@
 """``perception-r1-eval``: ``generate`` responses for a split, then ``score`` them; ``suite``
 runs every benchmark; ``rollouts`` draws the rollouts verl dumped during training
-(``trainer.rollout_data_dir``)."""
+(``trainer.rollout_data_dir``); ``curves`` draws training runs' metrics (verl's file logger)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,28 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--steps", type=_steps, default=None, help="comma-separated steps, e.g. 1,5,10")
     which.add_argument("--last", type=int, default=None, help="the N latest steps (default 10)")
     ro.add_argument("--top-k", type=int, default=8, help="rollouts shown per section")
+
+    cu = sub.add_parser("curves", help="one PNG and a markdown table of training runs' metrics (verl's file logger)")
+    cu.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folder with metrics.jsonl, or the .jsonl itself")
+    cu.add_argument(
+        "--group",
+        action="append",
+        type=_group,
+        default=[],
+        metavar="NAME=RUN_DIR,RUN_DIR",
+        help="draw these runs as one series (mean, min-max band); runs named alike but for a seed "
+        "(grpo_seed0, grpo_seed1) are grouped without it (repeatable)",
+    )
+    cu.add_argument("--out", required=True, help="folder for curves.png and curves.md")
     return parser
+
+
+def _group(text: str) -> tuple[str, list[str]]:
+    name, eq, dirs = text.partition("=")
+    runs = [d for d in dirs.split(",") if d.strip()]
+    if not eq or not name.strip() or not runs:
+        raise argparse.ArgumentTypeError(f"expected NAME=RUN_DIR,RUN_DIR, got {text!r}")
+    return name.strip(), runs
 
 
 def _steps(text: str) -> list[int]:
@@ -167,6 +188,8 @@ def _run(args) -> int:
         return 0
     if args.command == "rollouts":
         return _rollouts(args)
+    if args.command == "curves":
+        return _curves(args)
     from .score import score
 
     check_output(args.out, [args.data, args.responses, args.annotations], "dir")
@@ -211,6 +234,23 @@ def _rollouts(args) -> int:
     if stats["missing_steps"]:
         print(f"warning: no dump for steps {stats['missing_steps']}", file=sys.stderr)
     print(f"{stats['rollouts']} rollouts of steps {stats['steps']}, {stats['matched']} matched -> {args.out}")
+    return 0
+
+
+def _curves(args) -> int:
+    from .curves import CurvesError, curves
+
+    groups = dict(args.group)
+    if len(groups) < len(args.group):
+        print("error: --group names must differ", file=sys.stderr)
+        return 2
+    try:
+        result = curves(args.runs, args.out, groups, log=_log)
+    except (CurvesError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(result["md"].read_text())
+    print(f"{len(result['panels'])} panels of {len(result['series'])} series -> {result['png']}, {result['md']}")
     return 0
 
 
