@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..step_metrics import COUNTERS, PREFIX
+from ..rewards import COUNTERS
+from ..rewards import METRIC_PREFIX as PREFIX
 
 MAX_BYTES = 512 * 2**20  # per metrics file; verl writes some tens of kB per step
 MAX_LINE = 8 * 2**20  # one step's record

@@ -43,13 +43,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 from perception_r1_verl import rewards
 from perception_r1_verl.plugin.import_hooks import install_patches, patch_applier
-from perception_r1_verl.rewards import COUNTERS
+from perception_r1_verl.rewards import COUNTERS, METRIC_PREFIX
 
 logger = logging.getLogger(__name__)
 
 
 ENV_VAR = "PERCEPTION_STEP_METRICS"
-PREFIX = "perception"
+PREFIX = METRIC_PREFIX
 _MARK = "_perception_step_metrics"
 # Trainer modules that bind compute_data_metrics by name at import.
 _BINDERS = (

@@ -30,6 +30,7 @@ from .render import render_answer, render_items, render_text
 
 __all__ = [
     "COUNTERS",
+    "METRIC_PREFIX",
     "REWARDS",
     "CountingReward",
     "DetectionReward",
@@ -50,6 +51,8 @@ __all__ = [
 # Counters the verl reward manager adds to every reward_extra_info beside the components
 # (1 where it scored a response 0 for a timeout or an error); the rollout report reads them.
 COUNTERS = ("reward_timeout", "reward_error")
+# verl's per-step metrics of the components and counters: <prefix>/[<data_source>/]<key>/mean.
+METRIC_PREFIX = "perception"
 
 # Substrings of verl data_source names, checked in order (refcoco before coco).
 _SOURCE_HINTS = (
