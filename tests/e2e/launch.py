@@ -60,6 +60,9 @@ CPU_OVERRIDES = [
     "data.dataloader_num_workers=2",
     # Reward-loop workers (verl default 8 Ray actors): one scores 8 responses a step.
     "reward.num_workers=1",
+    # The reward's time limit is wall time, 5 s by default; every launch must end with
+    # reward_timeout 0, and a 2-core machine shared with other jobs can starve a scorer.
+    "+reward.reward_kwargs.timeout_s=60",
     "trainer.total_training_steps=2",
     "trainer.save_freq=1",
     "trainer.test_freq=-1",
@@ -67,6 +70,11 @@ CPU_OVERRIDES = [
 
 ENV = {
     "VERL_PLATFORM": "cpu",
+    # vLLM's waits, sized for a GPU (an engine step over 60 s, a model call over 300 s, a start
+    # over 600 s is an error there): a 2-core machine shared with other jobs can take longer.
+    "VLLM_ENGINE_ITERATION_TIMEOUT_S": "1800",
+    "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1800",
+    "VLLM_ENGINE_READY_TIMEOUT_S": "1800",
     # vLLM's CPU KV cache (GiB), its stand-in for gpu_memory_utilization.
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",
@@ -114,7 +122,32 @@ def launch(run_dir: Path, task: str, extra: list[str], env: dict | None = None) 
     with open(run_dir / "console.log", "w") as log:
         code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir).returncode
     print(f"[e2e] {run_dir.name}: exit {code} after {time.monotonic() - start:.0f} s", flush=True)
+    if code:
+        print(
+            f"[e2e] {run_dir.name} failed; the cause in {run_dir / 'console.log'}:\n{failure_cause(run_dir / 'console.log')}"
+        )
     return code
+
+
+# What verl's console says of a failure, beside the warnings that fill its last lines.
+CAUSE_MARKERS = ("Traceback (most recent call last)", "Error", "error:", "Killed", "Exception")
+
+
+def failure_cause(console: Path, lines: int = 25) -> str:
+    """The last traceback in ``console`` (its last ``lines`` lines), else its last lines naming an error.
+
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "console.log"
+    >>> _ = log.write_text("Traceback (most recent call last):\\n  File x\\nValueError: bad\\nUserWarning: w\\n")
+    >>> failure_cause(log)
+    'Traceback (most recent call last):\\n  File x\\nValueError: bad\\nUserWarning: w'
+    """
+    text = console.read_text(errors="replace").splitlines() if console.exists() else []
+    starts = [i for i, line in enumerate(text) if "Traceback (most recent call last)" in line]
+    if starts:
+        return "\n".join(text[starts[-1] : starts[-1] + lines])
+    named = [line for line in text if any(m in line for m in CAUSE_MARKERS) and "Warning" not in line]
+    return "\n".join(named[-lines:] or text[-lines:]) or "(console.log is empty)"
 
 
 def main(argv: list[str]) -> int:

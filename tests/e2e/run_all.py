@@ -1,22 +1,25 @@
-"""The end-to-end CPU run behind scripts/e2e.sh: four verl launches, two merges and evaluations.
+"""The end-to-end CPU run behind scripts/e2e.sh: four verl launches, three merges and evaluations.
 
     python tests/e2e/run_all.py OUT_DIR      (in scripts/e2e.sh's venv)
 
-1. page_ocr (tiny Qwen2-VL), 2 steps: validation before training, every per-step reward
-   metric, rollouts rescored, checkpoints; random text makes edit similarity differ within
-   a group, so advantages, pg_loss and grad_norm are non-zero;
-2. the same run relaunched with ``trainer.resume_mode=auto``: resumes at step 2, runs 3-4;
-3. coco_det with ``CURRICULUM=1`` (tiny Qwen2.5-VL): a step mixing rollout counts;
-4. perception_mix with ``LORA_RANK=8`` (tiny Qwen2-VL): the four tasks in one run, LoRA
+1. the miniature (tests/e2e/miniature.py): a small Qwen2-VL fine-tuned on exact answers,
+   then GRPO on grounding through refcoco.sh's launch (validation, every per-step reward
+   metric, rollouts rescored, non-zero advantages, checkpoints), merged and evaluated
+   beside its SFT start on a held-out split: GRPO must beat SFT by more than the seeds'
+   noise, and the reward must rise; then relaunched from its step-8 checkpoint with
+   ``trainer.resume_mode=auto``: the same rows as the uninterrupted run at steps 9-10, and
+   its metrics file continues the first run's; ``perception-r1-eval curves`` draws it;
+2. coco_det with ``CURRICULUM=1`` (tiny Qwen2.5-VL): a step mixing rollout counts;
+3. perception_mix with ``LORA_RANK=8`` (tiny Qwen2-VL): the four tasks in one run, LoRA
    adapters trained by verl's FSDP LoRA and served by vLLM, box tokens through the real
-   decode path; validation and per-step metrics per data source;
-5. the step-4 page_ocr checkpoint and the LoRA run's step-2 checkpoint merged with verl's
-   model merger, then ``perception-r1-eval generate --backend vllm`` (the LoRA adapter folded
-   in) and ``score`` on page_ocr's and refcoco's val splits.
+   decode path; validation and per-step metrics per data source; its step-2 checkpoint
+   merged, ``perception-r1-eval generate --backend vllm`` (the adapter folded in) and
+   ``score`` on refcoco's val split.
 
 Every launch runs 2 dataloader workers and must end without a killed worker.
 
-Prints each run's timing_s/step and the reward's own cost; exits non-zero on any failure.
+Prints each stage's time, each run's timing_s/step and the reward's own cost; exits
+non-zero on any failure, naming the launch and the cause.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import check  # noqa: E402
+import miniature  # noqa: E402
 import tiny_models  # noqa: E402
 from launch import ENV, launch  # noqa: E402
 
@@ -59,8 +63,8 @@ MIX = "refcoco:2,pixmo_count:2,page_ocr:2,coco_det:2"
 
 def train_rows(data_dir: Path, task: str) -> list[dict]:
     """data_source and extra_info of the recipe's prepared training rows (a mix: every task's)."""
-    files = sorted(p for p in (data_dir / task).rglob("train.parquet") if p.parent.name == "sample")
-    assert files, f"no prepared sample under {data_dir / task}"
+    files = sorted((data_dir / task).rglob("train.parquet"))
+    assert files, f"no prepared training rows under {data_dir / task}"
     return [row for f in files for row in pq.read_table(f, columns=["data_source", "extra_info"]).to_pylist()]
 
 
@@ -74,17 +78,29 @@ class Runner:
         self.models = out / "models"
         self.data = out / "data"
         self.report: list[str] = []
+        self.stages: dict[str, float] = {}
+        self._since = time.monotonic()
+
+    def stage(self, name: str) -> None:
+        """Print and keep the time since the last stage ended."""
+        now = time.monotonic()
+        self.stages[name] = now - self._since
+        self._since = now
+        print(f"[e2e] stage {name}: {self.stages[name]:.0f} s", flush=True)
 
     def train(self, name: str, task: str, model: str, steps: list[int], extra=(), env=None, validate=True):
-        """Launch, then check steps, per-step metrics, rescored rollouts; returns the steps' metrics."""
-        run_dir = self.out / "runs" / name
-        start = time.monotonic()
+        """Launch a tiny model of ``models/``; see :meth:`launch_checked`."""
         env = {"MODEL_PATH": str(self.models / model), "DATA_DIR": str(self.data), **(env or {})}
-        code = launch(run_dir, task, list(extra), env)
+        return self.launch_checked(self.out / "runs" / name, task, list(extra), env, steps, validate)
+
+    def launch_checked(self, run_dir: Path, task: str, extra: list[str], env: dict, steps: list[int], validate=True):
+        """Launch, then check steps, per-step metrics, rescored rollouts; returns the steps' metrics."""
+        name, start = run_dir.name, time.monotonic()
+        code = launch(run_dir, task, extra, env)
         wall = time.monotonic() - start
-        assert code == 0, f"{name}: verl exited {code}; see {run_dir / 'console.log'}"
+        assert code == 0, f"{name}: verl exited {code}; cause above, whole log in {run_dir / 'console.log'}"
         check.check_clean_exit(run_dir)
-        rows = train_rows(self.data, task)
+        rows = train_rows(Path(env["DATA_DIR"]), task)
         sources = {row["data_source"]: row["extra_info"]["task"] for row in rows}
         metrics = check.check_steps(run_dir, sources, steps)
         check.check_weight_sync(metrics)
@@ -103,6 +119,43 @@ class Runner:
             )
         self.report.append(f"{name}: launch to exit {wall:.0f} s")
         return run_dir, metrics
+
+    def miniature(self, seed: int = 0) -> dict:
+        """tests/e2e/miniature.py with this runner's checks on its GRPO launch; fails on its verdict."""
+        steps = list(range(1, miniature.STEPS + 1))
+
+        def train(run_dir, task, extra, env):
+            _, metrics = self.launch_checked(run_dir, task, extra, env, steps)
+            check.check_learning(metrics)
+            check.check_checkpoint(run_dir, miniature.RESUME_AT)
+            return metrics
+
+        result = miniature.run(self.out / "miniature", seed=seed, train=train)
+        held = result["heldout"]
+        self.report.append(
+            f"miniature seed {seed}: held-out {result['metric']} SFT {held['sft'][result['metric']]:.4f} -> "
+            f"GRPO {held['grpo'][result['metric']]:.4f}; training reward first third {result['reward_thirds'][0]:.3f} "
+            f"-> last third {result['reward_thirds'][1]:.3f}; resumed steps {result['resume']['steps']} drew the "
+            f"uninterrupted run's rows; stages {result['timings_s']}"
+        )
+        problems = miniature.check_result(result)
+        assert not problems, "the miniature did not learn:\n  " + "\n  ".join(problems)
+        return result
+
+    def curves(self, run_dirs: list[Path], out: Path) -> None:
+        """``perception-r1-eval curves`` of ``run_dirs`` into ``out`` (the PNG must exist)."""
+        command = [
+            sys.executable,
+            "-m",
+            "perception_r1_verl.eval.cli",
+            "curves",
+            *map(str, run_dirs),
+            "--out",
+            str(out),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True)
+        assert done.returncode == 0 and (out / "curves.png").exists(), f"curves: {done.stderr[-2000:]}"
+        self.report.append(f"curves: {out / 'curves.png'}")
 
     def evaluate(self, checkpoint: Path, task: str, model: str) -> None:
         """Merge ``checkpoint`` with verl's model merger (its weights must differ from ``model``'s);
@@ -145,23 +198,17 @@ class Runner:
 
 def main(argv: list[str]) -> int:
     out = Path(argv[0]).resolve()
-    for leftover in ("models", "data", "runs", "merged", "eval"):  # a previous run's checkpoints would be resumed
+    for leftover in ("models", "data", "runs", "merged", "eval", "miniature"):  # old checkpoints would be resumed
         shutil.rmtree(out / leftover, ignore_errors=True)
     runner = Runner(out)
     start = time.monotonic()
     tiny_models.main([str(runner.models)])
+    runner.stage("tiny models")
 
-    ocr_dir, ocr = runner.train("page_ocr", "page_ocr", "tiny-Qwen2-VL", [1, 2])
-    check.check_checkpoint(ocr_dir, 1)
-    check.check_learning(ocr)
-
-    checkpoints = ocr_dir / "checkpoints"
-    resumed_dir, _ = runner.train(
-        "page_ocr_resumed", "page_ocr", "tiny-Qwen2-VL", [3, 4],
-        extra=["trainer.resume_mode=auto", f"trainer.default_local_dir={checkpoints}", "trainer.total_training_steps=4"],
-        validate=False,
-    )  # fmt: skip
-    check.check_resumed(resumed_dir, checkpoints, 2)
+    runner.miniature(seed=0)
+    runner.stage("miniature (SFT, GRPO, held-out evaluation, resume)")
+    mini_runs = out / "miniature" / "runs"
+    runner.curves([mini_runs / "grpo", mini_runs / "grpo_resumed"], out / "curves")
 
     curriculum_dir, _ = runner.train(
         "coco_det_curriculum", "coco_det", "tiny-Qwen2.5-VL", [1, 2], extra=CURRICULUM, env={"CURRICULUM": "1"}
@@ -169,6 +216,7 @@ def main(argv: list[str]) -> int:
     sizes = set(check.group_sizes(curriculum_dir, 1).values())
     assert len(sizes) > 1, f"curriculum step 1: every prompt had {sizes} rollouts"
     runner.report.append(f"coco_det_curriculum step 1: rollouts per prompt {sorted(sizes)}")
+    runner.stage("coco_det curriculum")
 
     # All four tasks in one LoRA run (tiny Qwen2-VL: refcoco's and the others' boxes through
     # the box-token decode path): 2 rows of each, 4 prompts a step, so the 2 steps see all four.
@@ -178,11 +226,15 @@ def main(argv: list[str]) -> int:
     )  # fmt: skip
     check.check_learning(mix)
     check.check_lora_checkpoint(mix_dir / "checkpoints" / "global_step_2", 8)
-
-    runner.evaluate(checkpoints / "global_step_4", "page_ocr", "tiny-Qwen2-VL")
+    runner.stage("perception_mix LoRA")
     runner.evaluate(mix_dir / "checkpoints" / "global_step_2", "perception_mix/refcoco", "tiny-Qwen2-VL")
+    runner.stage("LoRA merge and vLLM evaluation")
 
-    print("\n[e2e] passed:\n  " + "\n  ".join(runner.report) + f"\n  total {time.monotonic() - start:.0f} s")
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in runner.stages.items())
+    print(
+        "\n[e2e] passed:\n  " + "\n  ".join(runner.report)
+        + f"\n  stages: {stages}\n  total {time.monotonic() - start:.0f} s"
+    )  # fmt: skip
     return 0
 
 

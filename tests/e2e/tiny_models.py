@@ -50,19 +50,38 @@ VISION = {
 NAMES = {"qwen2_5_vl": "tiny-Qwen2.5-VL", "qwen2_vl": "tiny-Qwen2-VL"}
 
 
-def build(family: str, out: Path, seed: int = 0) -> Path:
-    """Write a random ``family`` model with its processor to ``out`` (``save_pretrained``)."""
+# The miniature's learner (tests/e2e/miniature.py): deeper, over a vocabulary cut to the
+# tokenizer's first LEARNER_VOCAB tokens (vocab_size below), since a 151,936-row LM head
+# would cost most of every SFT and GRPO step on 2 cores.
+LEARNER_TEXT = {
+    **TEXT,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
+LEARNER_VISION = {"qwen2_vl": {**VISION["qwen2_vl"], "hidden_size": LEARNER_TEXT["hidden_size"]}}
+LEARNER_VOCAB = 2048
+# The config's token ids, by the token they name (remapped with the vocabulary).
+TOKEN_ID_KEYS = {
+    "image_token_id": "<|image_pad|>",
+    "video_token_id": "<|video_pad|>",
+    "vision_start_token_id": "<|vision_start|>",
+    "vision_end_token_id": "<|vision_end|>",
+    "bos_token_id": "<|endoftext|>",
+    "eos_token_id": "<|im_end|>",
+}
+
+
+def build(
+    family: str, out: Path, seed: int = 0, text: dict = TEXT, vision: dict = VISION, vocab: int | None = None
+) -> Path:
+    """Write a random ``family`` model with its processor to ``out`` (``save_pretrained``);
+    ``vocab``: keep only the tokenizer's first ``vocab`` tokens and its added tokens."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     torch.manual_seed(seed)
-    config = AutoConfig.for_model(
-        family,
-        text_config=TEXT,
-        vision_config=VISION[family],
-        tie_word_embeddings=True,
-        torch_dtype="bfloat16",
-    )
-    model = AutoModelForImageTextToText.from_config(config)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_qwen2_5_vl_processor(Path(tmp))
@@ -70,12 +89,55 @@ def build(family: str, out: Path, seed: int = 0) -> Path:
         (folder / "preprocessor_config.json").write_text(
             json.dumps({**QWEN2_5_VL_PREPROCESSOR, "processor_class": processor_class})
         )
+        ids = shrink_vocabulary(folder, vocab) if vocab else {}
+        remapped = {key: ids[token] for key, token in TOKEN_ID_KEYS.items()} if ids else {}
+        text_ids = {k: remapped.pop(k) for k in ("bos_token_id", "eos_token_id") if k in remapped}
+        config = AutoConfig.for_model(
+            family,
+            text_config={**text, **text_ids, **({"vocab_size": ids["vocab_size"]} if ids else {})},
+            vision_config=vision[family],
+            tie_word_embeddings=True,
+            torch_dtype="bfloat16",
+            **remapped,
+        )
         config.save_pretrained(folder)  # AutoProcessor picks the class from the model type
         processor = AutoProcessor.from_pretrained(folder, use_fast=False)
+    model = AutoModelForImageTextToText.from_config(config)
+    if text_ids:
+        model.generation_config.bos_token_id = text_ids["bos_token_id"]
+        model.generation_config.eos_token_id = text_ids["eos_token_id"]
     model.save_pretrained(out)
     processor.save_pretrained(out)
     keep_only_end_tokens_special(out, {processor.tokenizer.eos_token, processor.tokenizer.pad_token, "<|endoftext|>"})
     return out
+
+
+def shrink_vocabulary(folder: Path, keep: int) -> dict:
+    """Cut ``folder``'s byte-level BPE tokenizer to its first ``keep`` tokens, its added tokens
+    renumbered after them; returns the new id of each added token and ``vocab_size``.
+
+    Qwen's vocabulary is ordered by merge rank: the first ids are the 256 bytes and the
+    commonest merges, so every text still tokenizes (into more, shorter pieces), and the
+    merges kept are those whose parts and result survive.
+    """
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text())
+    model = data["model"]
+    model["vocab"] = {token: i for token, i in model["vocab"].items() if i < keep}
+    model["merges"] = [m for m in model["merges"] if all(part in model["vocab"] for part in (*m, m[0] + m[1]))]
+    remap = {}
+    for new, token in enumerate(sorted(data["added_tokens"], key=lambda t: t["id"]), start=keep):
+        remap[token["id"]] = new
+        token["id"] = new
+    path.write_text(json.dumps(data, ensure_ascii=False))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["added_tokens_decoder"] = {
+        str(remap[int(i)]): entry for i, entry in config.get("added_tokens_decoder", {}).items()
+    }
+    config_path.write_text(json.dumps(config, ensure_ascii=False, indent=2))
+    ids = {t["content"]: t["id"] for t in data["added_tokens"]}
+    return {**ids, "vocab_size": -(-(keep + len(ids)) // 64) * 64}
 
 
 def keep_only_end_tokens_special(folder: Path, end_tokens: set[str]) -> None:

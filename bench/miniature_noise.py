@@ -1,0 +1,102 @@
+"""The miniature reproduction's run-to-run noise, over seeds, and what a broken reward does to it.
+
+    bash scripts/e2e.sh                     # once: its venv has verl and vLLM for CPU
+    .venv-e2e/bin/python bench/miniature_noise.py OUT_DIR --seeds 0 1 2 [--broken]
+
+Runs tests/e2e/miniature.py (SFT, GRPO through refcoco.sh, held-out evaluation; no resume)
+once per seed, then with ``--broken`` once more with the IoU term of the reward negated
+(``+reward.custom_reward_function.reward_kwargs.iou_weight=-1``: the reward pays for
+missing the box). Prints a markdown table of the held-out metric of the SFT and GRPO
+checkpoints and of the training reward per seed, the seeds' standard deviations, and the
+CI threshold they give (twice the larger standard deviation of a checkpoint's held-out
+metric over seeds: tests/e2e/miniature.py THRESHOLDS). Writes OUT_DIR/noise.json,
+OUT_DIR/noise.md and, per run, OUT_DIR/curves/<run>/metrics.jsonl: verl's metrics plus the
+held-out metric of the SFT start (step 0) and of the GRPO checkpoint (last step) as
+``eval/heldout/<metric>``, for ``perception-r1-eval curves OUT_DIR/curves/seed*``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
+
+import check  # noqa: E402
+import miniature  # noqa: E402
+
+BROKEN = ("+reward.custom_reward_function.reward_kwargs.iou_weight=-1",)
+
+
+def curve_file(result: dict, run_dir: Path, out: Path) -> Path:
+    """verl's metrics of ``run_dir`` with the held-out metric of SFT (step 0) and GRPO (last step)."""
+    key = f"eval/heldout/{result['metric']}"
+    records = check.records(run_dir)
+    last = max(r["step"] for r in records)
+    records += [
+        {"step": 0, "data": {key: result["heldout"]["sft"][result["metric"]]}},
+        {"step": last, "data": {key: result["heldout"]["grpo"][result["metric"]]}},
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return out
+
+
+def row(name: str, result: dict) -> str:
+    metric = result["metric"]
+    sft, grpo = result["heldout"]["sft"][metric], result["heldout"]["grpo"][metric]
+    first, last = result["reward_thirds"]
+    return f"| {name} | {sft:.4f} | {grpo:.4f} | {grpo - sft:+.4f} | {first:.3f} | {last:.3f} |"
+
+
+def summary(results: dict[str, dict]) -> dict:
+    """Per-checkpoint mean and standard deviation over the seeds, and the threshold they give."""
+    seeds = [r for name, r in results.items() if name.startswith("seed")]
+    metric = seeds[0]["metric"]
+    out = {}
+    for kind in ("sft", "grpo"):
+        values = [r["heldout"][kind][metric] for r in seeds]
+        out[kind] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    gains = [r["heldout"]["grpo"][metric] - r["heldout"]["sft"][metric] for r in seeds]
+    out["gain"] = {"mean": statistics.mean(gains), "min": min(gains)}
+    out["threshold"] = 2 * max(out["sft"]["std"], out["grpo"]["std"])
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--broken", action="store_true", help="one more run, seed --seeds[0], with the IoU reward negated")
+    args = p.parse_args(argv)
+    out = args.out.resolve()
+    runs = {f"seed{s}": (s, ()) for s in args.seeds}
+    if args.broken:
+        runs["broken_reward"] = (args.seeds[0], BROKEN)
+    results = {}
+    for name, (seed, extra) in runs.items():
+        results[name] = miniature.run(out / name, seed=seed, extra=extra, with_resume=False)
+        curve_file(results[name], out / name / "runs" / "grpo", out / "curves" / name)
+    stats = summary(results)
+    metric = next(iter(results.values()))["metric"]
+    lines = [
+        f"| run | SFT held-out {metric} | GRPO held-out {metric} | gain | reward, first third | reward, last third |",
+        "|---|---|---|---|---|---|",
+        *(row(name, r) for name, r in results.items()),
+        "",
+        f"Over seeds {args.seeds}: SFT {stats['sft']['mean']:.4f} ± {stats['sft']['std']:.4f}, "
+        f"GRPO {stats['grpo']['mean']:.4f} ± {stats['grpo']['std']:.4f} (standard deviation); "
+        f"gain {stats['gain']['mean']:+.4f} on average, {stats['gain']['min']:+.4f} at least. "
+        f"Threshold (twice the larger standard deviation): {stats['threshold']:.4f}.",
+    ]
+    (out / "noise.md").write_text("\n".join(lines) + "\n")
+    (out / "noise.json").write_text(json.dumps({"results": results, "summary": stats}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
