@@ -7,8 +7,8 @@ Runs tests/e2e/miniature.py (SFT, GRPO through refcoco.sh, held-out evaluation; 
 once per seed, then with ``--broken`` once more with the IoU term of the reward negated
 (``+reward.custom_reward_function.reward_kwargs.iou_weight=-1``: the reward pays for
 missing the box). Prints a markdown table of the held-out metric of the SFT and GRPO
-checkpoints and of the training reward per seed, the seeds' standard deviations, and the
-CI threshold they give (twice the larger standard deviation of a checkpoint's held-out
+checkpoints and of the training reward per seed with CI's verdict on each, the seeds'
+standard deviations, and the CI threshold they give (twice the larger standard deviation of a checkpoint's held-out
 metric over seeds: tests/e2e/miniature.py THRESHOLDS). Writes OUT_DIR/noise.json,
 OUT_DIR/noise.md and, per run, OUT_DIR/curves/<run>/metrics.jsonl: verl's metrics plus the
 held-out metric of the SFT start (step 0) and of the GRPO checkpoint (last step) as
@@ -49,7 +49,8 @@ def row(name: str, result: dict) -> str:
     metric = result["metric"]
     sft, grpo = result["heldout"]["sft"][metric], result["heldout"]["grpo"][metric]
     first, last = result["reward_thirds"]
-    return f"| {name} | {sft:.4f} | {grpo:.4f} | {grpo - sft:+.4f} | {first:.3f} | {last:.3f} |"
+    verdict = "; ".join(miniature.check_result(result)) or "pass"
+    return f"| {name} | {sft:.4f} | {grpo:.4f} | {grpo - sft:+.4f} | {first:.3f} | {last:.3f} | {verdict} |"
 
 
 def summary(results: dict[str, dict]) -> dict:
@@ -71,20 +72,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--broken", action="store_true", help="one more run, seed --seeds[0], with the IoU reward negated")
+    p.add_argument("--resume", action="store_true", help="keep the runs OUT_DIR/noise.json holds, run the others")
     args = p.parse_args(argv)
     out = args.out.resolve()
     runs = {f"seed{s}": (s, ()) for s in args.seeds}
     if args.broken:
         runs["broken_reward"] = (args.seeds[0], BROKEN)
-    results = {}
+    results = json.loads((out / "noise.json").read_text())["results"] if args.resume else {}
     for name, (seed, extra) in runs.items():
-        results[name] = miniature.run(out / name, seed=seed, extra=extra, with_resume=False)
-        curve_file(results[name], out / name / "runs" / "grpo", out / "curves" / name)
+        if name not in results:
+            results[name] = miniature.run(out / name, seed=seed, extra=extra, with_resume=False)
+            curve_file(results[name], out / name / "runs" / "grpo", out / "curves" / name)
     stats = summary(results)
     metric = next(iter(results.values()))["metric"]
     lines = [
-        f"| run | SFT held-out {metric} | GRPO held-out {metric} | gain | reward, first third | reward, last third |",
-        "|---|---|---|---|---|---|",
+        f"| run | SFT held-out {metric} | GRPO held-out {metric} | gain | reward, first third | reward, last third "
+        "| CI's check (tests/e2e/miniature.py THRESHOLDS) |",
+        "|---|---|---|---|---|---|---|",
         *(row(name, r) for name, r in results.items()),
         "",
         f"Over seeds {args.seeds}: SFT {stats['sft']['mean']:.4f} ± {stats['sft']['std']:.4f}, "

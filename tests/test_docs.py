@@ -295,7 +295,7 @@ def uncovered(cmd: Command) -> str | None:
         return f"{argv[1]} is not run by .ci/run"
     if argv[0] in ("perception-r1-prep", "perception-r1-eval"):
         return parser_accepts(console_script(argv[0]), argv, ("perception-r1-prep",))
-    if argv[0] in ("python", "python3"):
+    if Path(argv[0]).name in ("python", "python3"):  # a venv's too (.venv-e2e/bin/python)
         if argv[1:3] == ["-m", "verl.trainer.main_ppo"]:
             return overrides_compose(*main_ppo_config(argv[3:]))
         if argv[1:3] == ["-m", "pytest"]:

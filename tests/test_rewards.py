@@ -371,3 +371,16 @@ def test_reward_and_evaluation_agree_on_every_label(category):
         assert reward_right == (_eval_category(label, category) is not None), (label, category)
         agreed += reward_right
     assert agreed >= 2  # the category itself and at least one variant of it
+
+
+@pytest.mark.parametrize(
+    "completion",
+    [
+        "<|box_start|>(555,55555555555)<|box_end|>",  # what the miniature's GRPO converged to before the fix
+        '[{"point_2d": [5, 5]}]',
+    ],
+)
+def test_a_point_answer_to_a_grounding_prompt_earns_no_format_reward(completion):
+    gt = json.dumps({"bbox_2d": [100, 100, 300, 300], "frame": [1000, 1000]})
+    scored = compute_score("refcoco", completion, gt, {"task": "grounding", "model_family": "qwen2_vl"})
+    assert scored["format"] == 0.0 and scored["score"] == 0.0

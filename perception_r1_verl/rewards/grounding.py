@@ -30,6 +30,8 @@ class GroundingReward:
     (1.5, 0.5, 1.0)
     >>> GroundingReward(iou_shape="iou_squared")('[0, 0, 10, 5]', gt)["score"]
     1.25
+    >>> GroundingReward()("<|box_start|>(5,5)<|box_end|>", gt)["format"]  # a point, not a box
+    0.0
     """
 
     components: ClassVar[tuple] = ("iou", "acc@0.5", "format")
@@ -65,7 +67,9 @@ class GroundingReward:
     def __call__(self, completion: str, gt: tuple, think: bool = False, style: str | None = None) -> dict:
         gt_box, frame = gt
         answer = parse_answer(completion, think)
-        fmt = format_score(answer, style, single=True)
+        # A point is no box: without this, "(555,5555)" alone earned the whole format reward,
+        # and the miniature's GRPO learned to write nothing else (tests/e2e/miniature.py).
+        fmt = format_score(answer, style, single=True, n_bad=len(answer.points))
         value = 0.0
         if len(answer.boxes):
             box = answer.boxes[0].tolist()
