@@ -4,8 +4,8 @@
     .venv-e2e/bin/python bench/miniature_noise.py OUT_DIR --seeds 0 1 2 [--broken]
 
 Runs tests/e2e/miniature.py (SFT, GRPO through refcoco.sh, held-out evaluation; no resume)
-once per seed, then with ``--broken`` once more with the IoU term of the reward negated
-(``+reward.custom_reward_function.reward_kwargs.iou_weight=-1``: the reward pays for
+once per seed, then with ``--broken`` twice more on the first seed with a broken reward
+(BROKEN): the whole reward negated, and its IoU term alone negated (the reward pays for
 missing the box). Prints a markdown table of the held-out metric of the SFT and GRPO
 checkpoints and of the training reward per seed with CI's verdict on each, the seeds'
 standard deviations, and the CI threshold they give (twice the larger standard deviation of a checkpoint's held-out
@@ -28,7 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 import check  # noqa: E402
 import miniature  # noqa: E402
 
-BROKEN = ("+reward.custom_reward_function.reward_kwargs.iou_weight=-1",)
+_KWARGS = "+reward.custom_reward_function.reward_kwargs"
+BROKEN = {
+    "reward_negated": (f"{_KWARGS}.iou_weight=-1", f"{_KWARGS}.format_weight=-1"),
+    "iou_negated": (f"{_KWARGS}.iou_weight=-1",),
+}
 
 
 def curve_file(result: dict, run_dir: Path, out: Path) -> Path:
@@ -71,13 +75,13 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--broken", action="store_true", help="one more run, seed --seeds[0], with the IoU reward negated")
+    p.add_argument("--broken", action="store_true", help="two more runs of the first seed, with BROKEN rewards")
     p.add_argument("--resume", action="store_true", help="keep the runs OUT_DIR/noise.json holds, run the others")
     args = p.parse_args(argv)
     out = args.out.resolve()
     runs = {f"seed{s}": (s, ()) for s in args.seeds}
     if args.broken:
-        runs["broken_reward"] = (args.seeds[0], BROKEN)
+        runs.update({name: (args.seeds[0], extra) for name, extra in BROKEN.items()})
     results = json.loads((out / "noise.json").read_text())["results"] if args.resume else {}
     for name, (seed, extra) in runs.items():
         if name not in results:

@@ -51,7 +51,7 @@ MAX_PIXELS = 168 * 168
 # 0.05 to the 0.12 that the best image-blind box reaches, leaving GRPO nothing to show.
 SFT = {"steps": 70, "lr": 2e-3, "batch_size": 16}
 STEPS, RESUME_AT = 16, 8
-# Test settings for a 2 M-parameter model: a learning rate that moves it in 16 steps, 8
+# Test settings for a 1 M-parameter model: a learning rate that moves it in 16 steps, 8
 # prompts x 8 rollouts a step; the recipe's loss, KL and sampling settings are kept.
 GRPO = [
     "actor_rollout_ref.actor.optim.lr=3e-4",
@@ -66,9 +66,11 @@ GRPO = [
     f"trainer.test_freq={RESUME_AT}",
 ]
 METRIC = "mIoU"
-# GRPO must beat SFT on held-out mIoU by more than this (absolute), and the training reward
-# of the last third of the steps must exceed the first third's: see bench/miniature_noise.py.
-THRESHOLDS = {"heldout_gain": 0.02, "reward_gain": 0.0}
+# GRPO must beat SFT on held-out mIoU by more than twice the larger standard deviation of a
+# checkpoint's held-out mIoU over seeds 0-2 (bench/miniature_noise.py, 2026-12-04: SFT
+# 0.0014 +- 0.0023, GRPO 0.0659 +- 0.0164, so 0.033), and the training reward of the last
+# third of the steps must exceed the first third's.
+THRESHOLDS = {"heldout_gain": 0.033, "reward_gain": 0.0}
 
 
 def prep(src: Path, out: Path, split: str) -> Path:
