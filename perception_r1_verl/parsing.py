@@ -59,6 +59,12 @@ _ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S)
 # A fence opens a line (as markdown has it, and the Qwen cookbooks' parse_json reads it):
 # "```" inside a JSON string is text.
 _FENCE_OPEN = re.compile(r"^[ \t]*```[a-zA-Z]*", re.M)
+# A markdown page (```markdown, ```md) holds code blocks of its own: inside it a fence line
+# with a language opens an inner block and a bare fence line closes the innermost, as a
+# human reads the page (CommonMark would end the page at the inner block's closer).
+_MARKDOWN_FENCES = frozenset({"markdown", "md"})
+_FENCE_LINE = re.compile(r"^[ \t]*```([a-zA-Z]*)[ \t]*$", re.M)
+BARE_COUNT_DIGITS = 6  # a count the size of any image's objects, not a number spilled out
 
 
 # A box's insides after its open tag: one or two "(x, y)" pairs, then the close tag. Anchored
@@ -535,13 +541,47 @@ def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool,
         if len(bodies) == MAX_BLOCKS:  # more blocks than an answer has: spam, not read
             truncated = True
             break
-        end = text.find("```", fence.end())
+        if fence.group().lstrip(" \t")[3:].lower() in _MARKDOWN_FENCES:
+            end = _markdown_end(text, fence.end())
+        else:
+            end = text.find("```", fence.end())
         if end < 0:
             truncated = True
             end = len(text)
         bodies.append(text[fence.end() : end].strip())
         fence = _FENCE_OPEN.search(text, end + 3)
     return bodies, tags_ok, truncated
+
+
+def _markdown_end(text: str, start: int) -> int:
+    """Where the markdown block opened before ``start`` closes (-1: never), its own code
+    blocks nested: one pass over the fence lines.
+
+    >>> page = "```markdown\\n# Run\\n```bash\\nls\\n```\\nDone.\\n```"
+    >>> page[11:_markdown_end(page, 11)]
+    '\\n# Run\\n```bash\\nls\\n```\\nDone.\\n'
+    >>> _markdown_end("```markdown\\n```python\\nx = 1\\n```\\n", 11)
+    -1
+    """
+    depth = 1
+    for line in _FENCE_LINE.finditer(text, start):
+        depth += 1 if line.group(1) else -1
+        if depth == 0:
+            return line.start() + line.group().index("```")
+    return -1
+
+
+def bare_count(answer: Answer) -> int | None:
+    """The count of an answer that is one non-negative integer and nothing else (``5``,
+    ``<answer>5</answer>``), else ``None``; str methods only, linear.
+
+    >>> bare_count(parse_answer("<answer>\\n10\\n</answer>")), bare_count(parse_answer("5 cats"))
+    (10, None)
+    """
+    text = answer.text
+    if answer.parsed or not (0 < len(text) <= BARE_COUNT_DIGITS) or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
 
 
 def answer_text(completion: str, think: bool = False) -> tuple[str, bool, bool]:

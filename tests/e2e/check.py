@@ -64,8 +64,30 @@ def check_steps(run_dir: Path, sources: dict[str, str], expect_steps: list[int])
             assert metrics[f"{PREFIX}/{counter}/mean"] == 0, (
                 f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
             )
-    assert seen == set(sources), f"no training rollouts of {set(sources) - seen}"
+    # FILTER_GROUPS=1 trains on groups that differ only: a source whose groups are all flat
+    # (a random model's boxes) may never reach a step.
+    if not any(EVICTED in metrics for metrics in steps.values()):
+        assert seen == set(sources), f"no training rollouts of {set(sources) - seen}"
     return steps
+
+
+EVICTED = "training/filter_groups/evicted_samples"
+
+
+def check_filter_groups(run_dir: Path, steps: dict[int, dict], batch_size: int) -> int:
+    """``FILTER_GROUPS=1`` did its job: some step evicted zero-variance groups (verl's
+    ``filter_groups/*`` metrics) and was refilled to ``batch_size`` groups, every one of them
+    with rewards that differ. Returns that step."""
+    evicted = {step: m[EVICTED] for step, m in steps.items() if m.get(EVICTED, 0) > 0}
+    assert evicted, f"no step evicted a group: {EVICTED} = {[m.get(EVICTED) for m in steps.values()]}"
+    step = min(evicted)
+    scores: dict[str, set] = {}
+    for row in rollout_rows(run_dir, step):
+        scores.setdefault(row["uid"].rsplit("_", 2)[0], set()).add(round(row["score"], 6))
+    assert len(scores) == batch_size, f"step {step}: {len(scores)} groups trained, not refilled to {batch_size}"
+    flat = [uid for uid, values in scores.items() if len(values) == 1]
+    assert not flat, f"step {step}: zero-variance groups {flat} trained despite filter_groups"
+    return step
 
 
 def check_validation(run_dir: Path, sources: dict[str, str]) -> dict:
