@@ -43,6 +43,9 @@ def component_keys(tasks) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for t in tasks for k in ("score", *rewards.get_reward_cls(t).components, *COUNTERS)))
 
 
+SIGNAL_KEYS = ("groups/zero_signal", "groups/reward_std", "truncated")
+
+
 def check_steps(run_dir: Path, sources: dict[str, str], expect_steps: list[int]) -> dict[int, dict]:
     """Steps ``expect_steps`` ran, each logging finite scores and every reward component, overall
     and per data source for each source (``sources``: data source -> task) its rollouts came from;
@@ -60,6 +63,8 @@ def check_steps(run_dir: Path, sources: dict[str, str], expect_steps: list[int])
         for source in present:
             for key in component_keys([sources[source]]):
                 finite(metrics, f"{PREFIX}/{source}/{key}/mean")
+            for key in SIGNAL_KEYS:  # the learning signal per data source (rewards/signal.py)
+                finite(metrics, f"{PREFIX}/{source}/{key}")
         for counter in COUNTERS:
             assert metrics[f"{PREFIX}/{counter}/mean"] == 0, (
                 f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
