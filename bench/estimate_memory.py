@@ -2,19 +2,25 @@
 
 The table it prints is docs/training.md#memory-per-card-an-estimate.
 
-Nothing here is measured: it is arithmetic on each model's published config.json (values
-below) and on how verl 0.9.1 lays out one colocated FSDP + vLLM worker per GPU. The
-phases take turns on the card, so the peak is the largest of:
+It is arithmetic on each model's published config.json (values below) and on how verl
+0.9.1 lays out one colocated FSDP + vLLM worker per GPU, calibrated at world size 1
+against peaks measured on one H200 (tests/data/h200_actor_memory.jsonl: the three models
+at 2048 + 2048 tokens, micro-batches 1-8; tests/test_estimate_memory.py holds the estimate
+within 0-15 % above every point). Sharding over 8 GPUs, flash-attn and remove-padding,
+and vLLM's share are not measured. The phases take turns on the card, so the peak is the
+largest of:
 
 - **actor update** (vLLM asleep, its weights and KV cache released): the FSDP shards of
-  the fp32 master weights (verl loads the actor in fp32, ``model_dtype``), fp32 gradients
-  and AdamW's two fp32 moments of the trained parameters, all divided over the GPUs; the
-  bf16 copy of the FSDP units being gathered (the root unit: embeddings, head, vision
-  merger; plus two decoder layers, one prefetched); activations of one micro-batch with
-  gradient checkpointing; a fixed allowance for the CUDA context, NCCL and fragmentation.
-  verl's ``param_offload`` / ``optimizer_offload`` for the actor move the shards to CPU
-  *between* phases (verl turns FSDP's CPU offload off for the actor), so they do not
-  lower this peak;
+  the fp32 master weights (verl loads the actor in fp32, ``model_dtype``) and AdamW's two
+  fp32 moments of the trained parameters, all divided over the GPUs; the bf16 copy of the
+  FSDP units being gathered (the root unit: embeddings, head, vision merger; plus two
+  decoder layers, one prefetched); then the larger of backward (its start: the activations
+  of one micro-batch with gradient checkpointing and the logits' gradient; its end: the
+  fp32 gradients) and AdamW's step (the gradients and one more fp32 copy of the trained
+  parameters, measured: at micro-batches 1-4 this is the peak); a fixed allowance for the
+  CUDA context, NCCL and fragmentation. verl's ``param_offload`` / ``optimizer_offload``
+  for the actor move the shards to CPU *between* phases (verl turns FSDP's CPU offload off
+  for the actor), so they do not lower this peak;
 - **log-probs** (old policy and reference): forward only, the log-prob micro-batch;
 - **rollout**: vLLM's ``gpu_memory_utilization`` share of the card (bf16 weights, the KV
   cache for this GPU's share of the step's responses, a reserve for its own activations
@@ -24,10 +30,11 @@ phases take turns on the card, so the peak is the largest of:
 Activations per token (bf16): checkpointed layer inputs ``L x h``; one decoder layer
 recomputed during backward, about ``8h + 4i`` values; the vision tower, the same terms for
 each of the image's 4 x 1276 patches (images are at most 1M pixels: 1276 merged tokens);
-and the logits, ``V`` values a token, about 8 bytes each while training (bf16 logits,
-the temperature-scaled copy, the entropy's softmax, their gradient) and 6 in forward only.
-Sequences are counted at their longest (2048 prompt + the task's response), so the
-estimate is for the worst step, not the average one.
+and the logits, ``V`` values a token: 5.2 bytes each while training plus two fp32 chunks
+of the log-prob (1024 tokens each), 1.75 more at backward's start, 6 in forward only
+(bf16 logits and the entropy's softmax), fitted to the measurements. Sequences are
+counted at their longest (2048 prompt + the task's response), so the estimate is for the
+worst step, not the average one.
 
 Run: ``python bench/estimate_memory.py [--gpus 8] [--response 2048] [--lora-rank 64]``;
 prints the per-phase breakdown for every model x card x setting tried, then the table of
@@ -59,6 +66,13 @@ MARGIN = 0.9
 RECIPE_UTILIZATION = 0.6  # rollout.gpu_memory_utilization in the recipes
 # The smallest useful KV cache: one prompt's 8 rollouts at full length at once.
 MIN_CONCURRENT = ROLLOUT_N
+# Logits, bytes a token, fitted to the H200 measurements at 2048 + 2048 tokens: training
+# (bf16 logits and what the log-prob's backward keeps of them), forward only (bf16 logits and
+# the entropy's softmax); the log-prob's fp32 chunk (tokens).
+LOGIT_BYTES_TRAIN = 5.2
+LOGIT_BYTES_FORWARD = 6
+LOGPROB_CHUNK = 1024
+LOGIT_GRAD_BYTES = 1.75  # backward's first peak over the forward's, a token
 
 
 @dataclass(frozen=True)
@@ -149,10 +163,11 @@ class Setup:
 
 
 def activation_bytes(model: Model, sequences: int, seq_len: int, training: bool) -> float:
-    """Activations of one micro-batch (one image per sequence), gradient checkpointing on.
+    """Activations of one micro-batch at the end of its forward (one image per sequence),
+    gradient checkpointing on; fitted to the H200 measurements (tests/data/h200_actor_memory.jsonl).
 
     >>> round(activation_bytes(MODELS["Qwen2-VL-2B-Instruct"], 1, 4096, True) / GIB, 2)
-    6.01
+    5.55
     """
     tokens = sequences * seq_len
     h, i = model.hidden, model.intermediate
@@ -161,8 +176,47 @@ def activation_bytes(model: Model, sequences: int, seq_len: int, training: bool)
     d = model.vision_dim
     vision_layer = (8 * d + 4 * model.vision_mlp) * 2 if training else (4 * d + 3 * model.vision_mlp) * 2
     vision = sequences * IMAGE_PATCHES * (vision_layer + (model.vision_depth * d * 2 if training else 0))
-    logits = tokens * model.vocab * (8 if training else 6)
-    return text + vision + logits
+    if not training:  # forward only: one layer at a time, the logits dominate
+        return tokens * (model.vocab * LOGIT_BYTES_FORWARD + layer)
+    # the fp32 log-softmax works in chunks, two alive at once whatever the micro-batch
+    chunks = 2 * LOGPROB_CHUNK * model.vocab * 4
+    return text + vision + tokens * model.vocab * LOGIT_BYTES_TRAIN + chunks
+
+
+def update_bytes(model: Model, trained: int, state: float, micro_batch: int, seq_len: int, gpus: int) -> float:
+    """Peak of one actor update above the allowances: ``state`` (resident parameters and
+    optimizer moments), the gathered units, and the larger of :func:`backward_bytes` and
+    AdamW's step: the fp32 gradients and one more fp32 copy of the trained parameters
+    (torch's foreach temporaries), which at small micro-batches is the peak.
+
+    >>> m = MODELS["Qwen2.5-VL-3B-Instruct"]
+    >>> round(update_bytes(m, m.params(), 12 * m.params(), 1, 4096, 1) / GIB, 1)  # measured 70.05
+    70.9
+    """
+    grads = 4 * trained / gpus
+    step = 2 * grads
+    return state + gathered_bytes(model) + max(backward_bytes(model, grads, micro_batch, seq_len), step)
+
+
+def backward_bytes(model: Model, grads: float, micro_batch: int, seq_len: int) -> float:
+    """Backward's peak above the resident state: at its start the forward's activations and
+    the logits' gradient, at its end the gradients (``grads`` bytes) and the last recomputed layer.
+
+    >>> m = MODELS["Qwen2.5-VL-7B-Instruct"]
+    >>> round(backward_bytes(m, 2 * m.params(), 4, 4096) / GIB, 1)  # measured 23.1 (bf16 gradients)
+    26.0
+    """
+    tokens = micro_batch * seq_len
+    start = activation_bytes(model, micro_batch, seq_len, True) + tokens * model.vocab * LOGIT_GRAD_BYTES
+    end = grads + tokens * (8 * model.hidden + 4 * model.intermediate) * 2
+    return max(start, end)
+
+
+def gathered_bytes(model: Model) -> float:
+    """The bf16 FSDP units gathered at once: the root (embeddings, head, vision merger; FSDP2
+    keeps it gathered after forward) and two decoder layers, one prefetched."""
+    largest_layer = sum(a * b for a, b in model.llm_linears())
+    return 2 * (model.root_params() + 2 * largest_layer)
 
 
 def phases(model: Model, setup: Setup, gpus: int, response: int) -> dict[str, float]:
@@ -171,20 +225,16 @@ def phases(model: Model, setup: Setup, gpus: int, response: int) -> dict[str, fl
     trained = model.lora_params(setup.lora_rank) if setup.lora_rank else p
     seq_len = PROMPT + response
     weights_fp32 = 4 * (p + (trained if setup.lora_rank else 0)) / gpus
-    grads_optim = (4 + 8) * trained / gpus
-    largest_layer = sum(a * b for a, b in model.llm_linears())
-    gathered = 2 * (model.root_params() + 2 * largest_layer)
+    moments = 8 * trained / gpus
     overhead = (OVERHEAD_GIB + CONTEXT_GIB) * GIB  # + the sleeping vLLM process's context
-    update = (
-        weights_fp32 + grads_optim + gathered + activation_bytes(model, setup.micro_batch, seq_len, True) + overhead
-    )
-    optim_resident = 0 if setup.offload else 8 * trained / gpus
+    update = update_bytes(model, trained, weights_fp32 + moments, setup.micro_batch, seq_len, gpus) + overhead
+    optim_resident = 0 if setup.offload else moments
     log_probs = (
-        weights_fp32 + optim_resident + gathered
+        weights_fp32 + optim_resident + gathered_bytes(model)
         + activation_bytes(model, setup.log_prob_micro_batch, seq_len, False) + overhead
     )  # fmt: skip
     # During the rollout the actor keeps its shards unless offloaded (gradients are freed).
-    resident = 0 if setup.offload else weights_fp32 + 8 * trained / gpus
+    resident = 0 if setup.offload else weights_fp32 + moments
     sequences = TRAIN_BATCH * ROLLOUT_N / gpus  # this GPU's share of the step's responses
     lora_slot = 2 * model.lora_params(setup.lora_rank) if setup.lora_rank else 0
     vllm_fixed = 2 * p / setup.tp + lora_slot + VLLM_RESERVE_GIB * GIB

@@ -60,3 +60,42 @@ def test_the_estimate_follows_the_recipes_config():
     rollout = base.actor_rollout_ref.rollout
     assert (em.PROMPT, em.TRAIN_BATCH) == (base.data.max_prompt_length, base.data.train_batch_size)
     assert (em.ROLLOUT_N, em.RECIPE_UTILIZATION) == (rollout.n, rollout.gpu_memory_utilization)
+
+
+# Peaks measured on one H200 (2026-12-04): /work/shared/measurements/h200_actor_memory.jsonl,
+# by that folder's measure_actor_memory.py, copied as is. Its first line says the setup:
+# "world size 1, torch FSDP2 fully_shard per decoder layer, per vision block and the root;
+# fp32 parameters, MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32); gradient
+# checkpointing; AdamW (torch default, foreach)", 2048 prompt tokens holding one
+# 1008x1008-pixel image + 2048 response tokens, sdpa attention; not measured: "verl's own
+# FSDP engine, flash-attn and remove-padding, sharding over several GPUs, vLLM".
+MEASURED = Path(__file__).parent / "data" / "h200_actor_memory.jsonl"
+
+
+def measured_points() -> list[dict]:
+    import json
+
+    lines = MEASURED.read_text().splitlines()
+    assert "torch.cuda.max_memory_allocated" in json.loads(lines[0])["what"]
+    return [json.loads(line) for line in lines[1:]]
+
+
+def estimated_peak(point: dict) -> float:
+    """The estimate of a measured point (GiB), without the allowances: the update whole
+    (fp32 weights, AdamW, world size 1); the setups the estimate does not model (the
+    log-prob pass and 7B's optimizer-less backward held bf16 weights) from their measured
+    resident state plus the estimated activations."""
+    model, mb, seq = em.MODELS[point["model"]], point["mb"], point["seq"]
+    p, base = model.params(), point["base_gib"] * em.GIB
+    if point["mode"] == "update":
+        return em.update_bytes(model, p, 12 * p, mb, seq, 1) / em.GIB
+    if point["mode"] == "activations_only":  # bf16 gradients
+        return (base + em.backward_bytes(model, 2 * p, mb, seq)) / em.GIB
+    return (base + em.activation_bytes(model, mb, seq, False)) / em.GIB
+
+
+@pytest.mark.parametrize("point", measured_points(), ids=lambda p: f"{p['model']}-{p['mode']}-mb{p['mb']}")
+def test_the_estimate_is_never_below_a_measured_peak_nor_15_percent_above(point):
+    assert point["seq"] == em.PROMPT + 2048 and point["image_tokens"] <= em.IMAGE_PATCHES // 4 * 1.02
+    ratio = estimated_peak(point) / point["peak_alloc_gib"]
+    assert 1.0 <= ratio <= 1.15, f"estimate {estimated_peak(point):.2f} GiB vs measured {point['peak_alloc_gib']}"

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perception_r1_verl.parsing import MAX_ITEMS, Answer, _fast_boxes, _items, parse_answer
+from perception_r1_verl.parsing import MAX_ITEMS, Answer, parse_answer
+from perception_r1_verl.parsing.objects import _fast_boxes, _items
 from perception_r1_verl.rewards import render_answer
 from perception_r1_verl.rewards.format import format_score
 

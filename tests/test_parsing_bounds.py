@@ -30,7 +30,7 @@ ATOMS = [
     '{"bbox_2d": [', '{"point_2d": [', '"label": "', '"1', "  1", "1", "-", ".", "0.5", ", ", ",", "]", "[",
     "{", "}", '"', "'", "\\", "True", "None", "(", ")", " ", "\n", "\t",
     "<|box_start|>", "<|box_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "(1,2)", "(1,2),(3,4)",
-    "<ref>", "</ref>", "<box>", "</box>", "<think>", "</think>", "<answer>", "</answer>", "```json\n", "```",
+    "<ref>", "</ref>", "<box>", "</box>", "<think>", "</think>", "<answer>", "</answer>", "```json\n", "```", "```markdown\n", "\n```python\n", "\n```\n",
     "<|im_end|>", "<|endoftext|>",
 ]  # fmt: skip
 SETTINGS = settings(

@@ -533,3 +533,52 @@ def test_a_dataset_root_is_converted_from_the_release_layout(tmp_path):
     assert flags["--images"] == str(tmp_path / "coco" / "val2017")
     assert flags["--out"] == str(tmp_path / "data" / "coco_det" / "val.parquet")
     assert (flags["--split"], flags["--limit"], flags["--model-family"]) == ("val", "4", "qwen2_5_vl")
+
+
+# ---------------------------------------------------------------- FILTER_GROUPS=1
+
+
+def filter_groups_metric(config) -> str | None:
+    """What verl's v1 trainer hands its ReplayBuffer for this config (its own resolver)."""
+    from types import SimpleNamespace
+
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    return PPOTrainer._resolve_filter_groups_metric(SimpleNamespace(config=config))
+
+
+def any_settings(task: str, tmp_path: Path, **extra: str) -> Settings:
+    """:func:`settings_for` of a task or of the mix (whose MIX replaces TRAIN_LIMIT)."""
+    env = recipe_env(task if task in TASKS else "refcoco", tmp_path, tmp_path / "model", **extra)
+    if task == MIX.name:
+        del env["TRAIN_LIMIT"]
+    return Settings.from_env(task_named(task), env=env, gpus=0)
+
+
+@pytest.mark.parametrize("task", [*sorted(TASKS), MIX.name])
+def test_filter_groups_composes_for_every_recipe_and_reaches_verls_replay_buffer(task, tmp_path):
+    config = recipe_config(task, any_settings(task, tmp_path, FILTER_GROUPS="1"))
+    validate(config)
+    assert config.trainer.use_v1 and config.trainer.v1.trainer_mode == "sync"
+    groups = config.algorithm.filter_groups
+    assert (groups.enable, groups.max_inflight_gen_batches, groups.max_num_gen_batches) == (True, 1, 0)
+    assert filter_groups_metric(config) == "reward"  # the summed rm_scores: the perception score
+
+
+def test_filter_groups_is_off_unless_asked(tmp_path):
+    config = recipe_config("refcoco", settings_for("refcoco", tmp_path, tmp_path / "model"))
+    assert not config.algorithm.filter_groups.enable and filter_groups_metric(config) is None
+
+
+def test_the_e2e_filter_groups_launch_composes_and_passes_validate_config(tmp_path):
+    """tests/e2e/run_all.py's perception_mix launch (LoRA, FILTER_GROUPS=1, the CPU overrides)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("e2e_launch", REPO / "tests" / "e2e" / "launch.py")
+    launch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch)
+    mix = "refcoco:2,pixmo_count:2,page_ocr:2,coco_det:2"
+    settings = any_settings(MIX.name, tmp_path, MIX=mix, LORA_RANK="8", FILTER_GROUPS="1", N_GPUS_PER_NODE="1")
+    config = recipe_config(MIX.name, settings, *launch.CPU_OVERRIDES, "data.train_batch_size=4")
+    validate(config)
+    assert filter_groups_metric(config) == "reward" and config.data.train_batch_size == 4

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -428,6 +429,8 @@ def test_the_legacy_trainer_step_metrics_get_every_component(tokenizer, reward_l
     batch.batch["advantages"] = batch.batch["returns"] = torch.zeros_like(reward_tensor)
     batch.batch["response_mask"] = batch.batch["attention_mask"][:, -reward_tensor.shape[-1] :]
     batch.non_tensor_batch.update({k: np.array(v) for k, v in reward_extra_infos_dict.items()})
+    # GRPO groups: each task's exact and wrong answer share a uid (the bad-truth row its own).
+    batch.non_tensor_batch["uid"] = np.array([row["data_source"] + str(i // 2) for i, row in enumerate(rows)])
 
     metrics = metric_utils.compute_data_metrics(batch=batch, use_critic=False)
     infos = [{k: v[i] for k, v in reward_extra_infos_dict.items()} for i in range(len(rows))]
@@ -437,6 +440,11 @@ def test_the_legacy_trainer_step_metrics_get_every_component(tokenizer, reward_l
     assert metrics["perception/reward_error/mean"] == pytest.approx(1 / 9)
     assert metrics["perception/grounding/iou/mean"] == pytest.approx(expected_means(rows, infos, "iou", "grounding"))
     assert "perception/ocr/iou/mean" not in metrics  # None cells are skipped, not counted as 0
+    # Exact vs wrong: every group carries signal but detection's bad-truth one, an error group.
+    assert metrics["perception/grounding/groups/zero_signal"] == 0.0
+    assert metrics["perception/detection/groups/error"] == 0.5
+    assert metrics["perception/ocr/groups/reward_std"] > 0
+    assert metrics["perception/counting/truncated"] == 0.0
 
 
 class FakeTransferQueue:
@@ -521,9 +529,19 @@ def test_the_v1_trainer_step_metrics_get_every_component_per_data_source(tokeniz
 
     compute_metrics = step_metrics.wrap_v1_compute_metrics(verl_compute_metrics, FakeTransferQueue(samples, keys))
     metrics = {}
-    compute_metrics(None, batch, metrics, {}, global_steps=1, epoch=0)
+    trainer = SimpleNamespace(config=OmegaConf.create({"data": {"max_response_length": 8}}))
+    compute_metrics(trainer, batch, metrics, {}, global_steps=1, epoch=0)
     rows, infos = rows[:-1], infos[:-1]
     assert metrics["critic/score/mean"] == 0.0
+    # Signal: one rollout per uid, so every group is flat but the one whose ground truth errs.
+    assert metrics["perception/detection/groups/error"] == pytest.approx(1 / 3)
+    assert metrics["perception/detection/groups/zero_signal"] == pytest.approx(2 / 3)
+    assert metrics["perception/grounding/groups/zero_signal"] == 1.0
+    grounding_score = expected_means(rows, infos, "score", "grounding")
+    assert metrics["perception/grounding/score/area>0.03/mean"] == pytest.approx(grounding_score)  # 4 % of the frame
+    long_answers = [len(tokenizer.encode(row["response"])) >= 8 for row in rows if row["data_source"] == "detection"]
+    assert metrics["perception/detection/truncated"] == pytest.approx(sum(long_answers) / 3)
+    assert not any(key.startswith("perception/vqa/") for key in metrics)  # absent sources have no key
     for key in ("score", "iou", "f1", "precision", "recall", "edit_similarity", "exact", "format"):
         assert metrics[f"perception/{key}/mean"] == pytest.approx(expected_means(rows, infos, key)), key
     assert metrics["perception/grounding/iou/mean"] == 0.5 * (1.0 + 0.5)  # the padding copy's IoU 1 is left out

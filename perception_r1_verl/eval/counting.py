@@ -2,7 +2,8 @@
 
 The predicted count is the number of well-formed objects in the answer: boxes plus
 points, whichever the model listed (malformed items do not count, so a broken answer can
-never be right by its length alone). ``Acc`` is exact-match accuracy, as in the paper;
+never be right by its length alone); an answer that is one integer alone (``5``,
+``<answer>5</answer>``) is that count. ``Acc`` is exact-match accuracy, as in the paper;
 ``MAE`` is the mean absolute count error.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..parsing import Answer
+from ..parsing import Answer, bare_count
 from .drawing import GT_COLOR, draw_points
 from .metric import BoxMetric
 from .registry import register
@@ -22,8 +23,12 @@ def sample_counting(answer: Answer, gt: dict) -> dict:
     >>> from perception_r1_verl.parsing import parse_answer
     >>> sample_counting(parse_answer('[{"point_2d": [1, 2]}, {"point_2d": [5, 6]}]'), {"count": 2})
     {'score': 0, 'pred_count': 2, 'gt_count': 2, 'correct': True}
+    >>> sample_counting(parse_answer("<answer>5</answer>"), {"count": 5})["pred_count"]
+    5
     """
-    pred, target = len(answer.boxes) + len(answer.points), int(gt["count"])
+    bare = bare_count(answer)
+    pred = len(answer.boxes) + len(answer.points) if bare is None else bare
+    target = int(gt["count"])
     return {"score": -abs(pred - target), "pred_count": pred, "gt_count": target, "correct": pred == target}
 
 

@@ -34,6 +34,10 @@ MAX_PANELS = 60  # the rest are listed in curves.md, not drawn
 REWARD = "critic/score/mean"
 LENGTH = "response_length/mean"
 KL = ("actor/kl_loss", "actor/ppo_kl")
+# Is there a learning signal (rewards.signal; the bucketed scores end in /mean, drawn with the
+# components), and how many groups FILTER_GROUPS=1 threw away.
+SIGNAL = ("groups/zero_signal", "groups/reward_std", "truncated")
+EVICTED = "training/filter_groups/evicted_samples"
 PLOT_EXTRA = "pip install 'perception-r1-verl[plot]'"
 
 _SEED = re.compile(r"(?:^|[_\-.])seed[_\-=]?\d+(?=$|[_\-.])", re.I)
@@ -230,20 +234,22 @@ def series_curve(series: Series, metric: str) -> Curve:
 
 def panels(names: Iterable[str]) -> list[str]:
     """The metrics drawn, in panel order: training reward, ``perception/<source>/<component>``
-    (per data source), response length, KL, validation (``val-core``, ``val-aux``'s
-    ``mean@1``), then ``eval/*``.
+    (per data source), the signal per source, response length, KL, groups evicted,
+    validation (``val-core``, ``val-aux``'s ``mean@1``), then ``eval/*``.
 
     >>> panels(["eval/miou", "val-aux/refcoco/iou/mean@1", "val-aux/refcoco/iou/std@1", "val-aux/num_turns/mean",
     ...         "actor/ppo_kl", "response_length/mean", "perception/iou/mean", "perception/refcoco/iou/mean",
-    ...         "perception/coco/f1/mean", "critic/score/mean", "val-core/refcoco/acc/mean@1", "actor/pg_loss"])
-    ['critic/score/mean', 'perception/coco/f1/mean', 'perception/refcoco/iou/mean', 'response_length/mean', 'actor/ppo_kl', 'val-core/refcoco/acc/mean@1', 'val-aux/refcoco/iou/mean@1', 'eval/miou']
+    ...         "perception/coco/f1/mean", "critic/score/mean", "val-core/refcoco/acc/mean@1", "actor/pg_loss",
+    ...         "perception/coco/groups/zero_signal", "perception/coco/groups/all_zero", EVICTED])
+    ['critic/score/mean', 'perception/coco/f1/mean', 'perception/refcoco/iou/mean', 'perception/coco/groups/zero_signal', 'response_length/mean', 'actor/ppo_kl', 'training/filter_groups/evicted_samples', 'val-core/refcoco/acc/mean@1', 'val-aux/refcoco/iou/mean@1', 'eval/miou']
     """
     names = set(names)
     per_source = sorted(n for n in names if n.startswith(f"{PREFIX}/") and n.endswith("/mean") and n.count("/") >= 3)
+    signal = sorted(n for n in names if n.startswith(f"{PREFIX}/") and n.endswith(SIGNAL) and n.count("/") >= 2)
     val_core = sorted(n for n in names if n.startswith("val-core/"))
     val_aux = sorted(n for n in names if n.startswith("val-aux/") and n.endswith("/mean@1"))
     evals = sorted(n for n in names if n.startswith("eval/"))
-    fixed = [n for n in (REWARD, *per_source, LENGTH, *KL) if n in names]
+    fixed = [n for n in (REWARD, *per_source, *signal, LENGTH, *KL, EVICTED) if n in names]
     return [*fixed, *val_core, *val_aux, *evals]
 
 

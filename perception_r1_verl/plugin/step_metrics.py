@@ -28,6 +28,11 @@ components, ``None`` where one does not apply, and counters), in the order of ve
 ``uid`` column. Columns verl writes itself (``score`` among them) are kept as verl wrote
 them; a padding sample (``is_padding`` true) gets ``None`` in every added column.
 
+Both metric wrappers also log the learning signal of the step per data source
+(``perception/<data_source>/groups/*``, ``score/<bucket>/mean``, ``truncated``:
+``rewards.signal``), grouped by verl's ``uid``, and warn when a source's zero-signal share
+stays above ``SIGNAL_WARN_SHARE`` for ``SIGNAL_WARN_STEPS`` steps.
+
 Set ``PERCEPTION_STEP_METRICS=0`` to install nothing. A wrapper that cannot install, or
 fails in a step, logs a WARNING and leaves verl's own metrics and dump untouched: it never
 stops training.
@@ -41,9 +46,13 @@ import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
+import orjson
+
 from perception_r1_verl import rewards
 from perception_r1_verl.plugin.import_hooks import install_patches, patch_applier
 from perception_r1_verl.rewards import COUNTERS, METRIC_PREFIX
+from perception_r1_verl.rewards.signal import ZeroSignalWatch, difficulty_bucket, signal_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +100,77 @@ def reward_metrics(columns: Mapping[str, Sequence], data_sources: Sequence | Non
         for source, values in by_source.items():
             metrics[f"{PREFIX}/{source}/{key}/mean"] = sum(values) / len(values)
     return metrics
+
+
+# A stall worth a console line: 90 % of a source's groups flat for 5 steps in a row.
+SIGNAL_WARN_SHARE = 0.9
+SIGNAL_WARN_STEPS = 5
+_watch = ZeroSignalWatch(SIGNAL_WARN_SHARE, SIGNAL_WARN_STEPS)
+
+
+@functools.lru_cache(maxsize=65536)
+def _task_and_bucket(data_source: str, ground_truth: str) -> tuple[str | None, str | None]:
+    """The task of a source and the difficulty bucket of a ground truth (cached: the same
+    prompt comes back ``n`` times a step and again each epoch)."""
+    try:
+        task = rewards.task_of(data_source)
+    except ValueError:  # not a perception row
+        return None, None
+    try:
+        return task, difficulty_bucket(task, orjson.loads(ground_truth))
+    except (ValueError, KeyError, TypeError):  # a bad ground truth (the reward reports it): no bucket
+        return task, None
+
+
+def step_signal(columns: Mapping[str, Sequence], uids, sources, ground_truths, truncated) -> dict[str, float]:
+    """:func:`rewards.signal.signal_metrics` of a step's perception rows (those with a
+    ``score``), and a WARNING per source whose zero-signal share has stayed high.
+
+    >>> m = step_signal({"score": [0.0, 0.0, 2.0, 1.0]}, ["a", "a", "b", "b"], ["refcoco"] * 4,
+    ...                 ['{"bbox_2d": [0, 0, 9, 9]}'] * 4, [False] * 4)
+    >>> m["perception/refcoco/groups/zero_signal"], m["perception/refcoco/score/area<=0.0033/mean"]
+    (0.5, 0.75)
+    """
+    scores = columns.get("score")
+    if scores is None or uids is None:
+        return {}
+    rows = [i for i, value in enumerate(scores) if value is not None]
+    truth = [_task_and_bucket(str(sources[i]), _text(ground_truths[i])) for i in rows]
+    rows = [i for i, (task, _) in zip(rows, truth, strict=True) if task is not None]
+    truth = [t for t in truth if t[0] is not None]
+    if not rows:
+        return {}
+    errors = np.zeros(len(rows), dtype=bool)
+    for key in COUNTERS:
+        if columns.get(key) is not None:
+            errors |= np.asarray([bool(columns[key][i]) for i in rows])
+    row_sources = [str(sources[i]) for i in rows]
+    metrics = signal_metrics(
+        [scores[i] for i in rows],
+        [uids[i] for i in rows],
+        row_sources,
+        errors,
+        [bucket for _, bucket in truth],
+        None if truncated is None else [truncated[i] for i in rows],
+        {s: rewards.max_score(t) for s, (t, _) in zip(row_sources, truth, strict=True)},
+        PREFIX,
+    )
+    for key in _watch.update(metrics):
+        logger.warning(
+            "%s above %.0f %% for %d steps: most groups score alike, GRPO gets little signal "
+            "(see docs/training.md, FILTER_GROUPS)",
+            key,
+            100 * SIGNAL_WARN_SHARE,
+            SIGNAL_WARN_STEPS,
+        )
+    return metrics
+
+
+def _text(ground_truth) -> str:
+    """A row's ground truth as its JSON text: verl passes ``reward_model`` (a dict) or the string."""
+    if isinstance(ground_truth, Mapping):
+        ground_truth = ground_truth.get("ground_truth")
+    return ground_truth if isinstance(ground_truth, str) else orjson.dumps(ground_truth).decode()
 
 
 def rows_to_columns(extra_fields: Sequence) -> dict[str, list]:
@@ -143,6 +223,12 @@ def wrap_compute_data_metrics(compute_data_metrics: Callable) -> Callable:
     def add(metrics, batch, *args, **kwargs):
         columns = batch.non_tensor_batch
         metrics.update(reward_metrics(columns, columns.get("data_source")))
+        if "uid" in columns and "reward_model" in columns:
+            lengths = batch.batch["response_mask"].sum(-1)
+            truncated = (lengths >= batch.batch["responses"].shape[-1]).tolist()
+            metrics.update(
+                step_signal(columns, columns["uid"], columns["data_source"], columns["reward_model"], truncated)
+            )
 
     return _adding_metrics(compute_data_metrics, add)
 
@@ -153,25 +239,30 @@ def _as_list(column) -> list:
     return column.tolist() if hasattr(column, "tolist") else list(column)
 
 
-def v1_batch_metrics(tq, batch) -> dict[str, float]:
-    """Reward metrics of a v1 ``KVBatchMeta`` batch, read from the TransferQueue ``tq``.
+def v1_batch_metrics(tq, batch, max_response_length: int | None = None) -> dict[str, float]:
+    """Reward and signal metrics of a v1 ``KVBatchMeta`` batch, read from the TransferQueue
+    ``tq`` (``truncated`` only with ``max_response_length``).
 
     Padding rows (tag ``is_padding``) are left out, as in verl's own step metrics.
     """
-    data = tq.kv_batch_get(
-        keys=batch.keys, partition_id=batch.partition_id, select_fields=["data_source", "extra_fields"]
-    )
-    keep = [not (tag or {}).get("is_padding", False) for tag in batch.tags or [{}] * len(batch.keys)]
-    sources = [s for s, k in zip(_as_list(data["data_source"]), keep, strict=True) if k]
-    rows = [r for r, k in zip(_as_list(data["extra_fields"]), keep, strict=True) if k]
-    return reward_metrics(rows_to_columns(rows), sources)
+    fields = ["data_source", "extra_fields", "uid", "reward_model", "responses"]
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
+    keep = np.array([not (tag or {}).get("is_padding", False) for tag in batch.tags or [{}] * len(batch.keys)])
+    lengths = data["responses"].offsets().diff().numpy()
+    kept = {f: [v for v, k in zip(_as_list(data[f]), keep, strict=True) if k] for f in fields[:4]}
+    columns = rows_to_columns(kept["extra_fields"])
+    truncated = None if max_response_length is None else (lengths[keep] >= max_response_length).tolist()
+    return {
+        **reward_metrics(columns, kept["data_source"]),
+        **step_signal(columns, kept["uid"], kept["data_source"], kept["reward_model"], truncated),
+    }
 
 
 def wrap_v1_compute_metrics(compute_metrics: Callable, tq) -> Callable:
     """``PPOTrainer._compute_metrics`` that adds the batch's reward components to ``metrics``."""
 
     def add(_, self, batch, metrics, *args, **kwargs):
-        metrics.update(v1_batch_metrics(tq, batch))
+        metrics.update(v1_batch_metrics(tq, batch, self.config.data.get("max_response_length")))
 
     return _adding_metrics(compute_metrics, add)
 

@@ -1,8 +1,8 @@
 """The overrides the environment adds to ``recipes/config/<task>.yaml``: what depends on the machine.
 
 The paper's settings are in the config files; these are the data files, the model, the GPUs,
-the run's names, and the options LoRA (``LORA_RANK``), curriculum (``CURRICULUM``) and the
-attention fallback without flash-attn.
+the run's names, and the options LoRA (``LORA_RANK``), curriculum (``CURRICULUM``), group
+filtering (``FILTER_GROUPS``) and the attention fallback without flash-attn.
 """
 
 from __future__ import annotations
@@ -39,6 +39,21 @@ NO_FLASH_ATTN_OVERRIDES = [
 ]
 
 
+# Group filtering (``FILTER_GROUPS=1``): DAPO's dynamic sampling as verl 0.9.1's v1
+# ReplayBuffer does it (trainer/ppo/v1/replay_buffer.py). A group whose rollouts all score
+# the same has zero GRPO advantage; it is evicted and fresh prompts are generated until the
+# step has train_batch_size groups that differ. The metric "reward" is the canonical score
+# (the sum of rm_scores: the perception reward's ``score``). One train batch of prompts in
+# flight at a time bounds the extra generation per wait; max_num_gen_batches is ignored by
+# the v1 buffer (it warns), so nothing caps the number of refills: a run whose every group
+# is flat keeps generating (watch training/filter_groups/evicted_samples).
+FILTER_GROUPS_OVERRIDES = [
+    "algorithm.filter_groups.enable=True",
+    "algorithm.filter_groups.metric=reward",
+    "algorithm.filter_groups.max_inflight_gen_batches=1",
+]
+
+
 def env_overrides(task: Task, settings: Settings) -> list[str]:
     """The overrides of a run, after its config file and before the user's own."""
     overrides = [
@@ -59,6 +74,8 @@ def env_overrides(task: Task, settings: Settings) -> list[str]:
         overrides += NO_FLASH_ATTN_OVERRIDES
     if settings.curriculum:
         overrides += curriculum_overrides(settings.seed)
+    if settings.filter_groups:
+        overrides += FILTER_GROUPS_OVERRIDES
     return overrides
 
 

@@ -79,6 +79,7 @@ class Settings:
     mix: tuple[tuple[str, int], ...] = ()  # perception_mix: (task, training rows), in order
     # flash-attn imports where training runs; else sdpa attention, no remove-padding.
     flash_attn: bool = True
+    filter_groups: bool = False  # FILTER_GROUPS=1: DAPO's eviction of zero-variance groups
 
     @classmethod
     def from_env(cls, task: Task, env=None, gpus: int | None = None) -> Settings:
@@ -131,6 +132,7 @@ class Settings:
             lora_alpha=lora_alpha,
             mix=tuple(parse_mix(env.get("MIX") or "", DEFAULT_MIX).items()) if task is MIX else (),
             flash_attn=not gpus or flash_attn_error() is None,
+            filter_groups=env_flag(env, "FILTER_GROUPS"),
         )
 
     @property

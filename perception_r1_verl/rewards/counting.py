@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..frames import COORD_LIMIT, RELATIVE_SCALE, frame_of
-from ..parsing import parse_answer
+from ..parsing import bare_count, parse_answer
 from .format import format_score
 from .registry import register
 from .render import render_items
@@ -27,6 +27,11 @@ class CountingReward:
     list is correct (ratio and location 1); ground truth without points scores the count
     alone. Range ``[0, count_weight + format_weight]``. ``exact`` (P == G) is logged.
 
+    A bare count (``5``, ``<answer>5</answer>``: the R1-V / EasyR1 CLEVR style) is read as
+    P but gave no locations and not the asked format: ``count_weight * ratio *
+    bare_count_location`` (``location`` logged 0; ground truth without points: the ratio
+    alone), format 0. Its maximum is ``bare_count_location * count_weight`` (0.5 of 2.0).
+
     >>> gt = CountingReward.prepare({"count": 2, "points": [[10, 10], [50, 50]], "frame": [100, 100]})
     >>> r = CountingReward()('[{"point_2d": [10, 10]}, {"point_2d": [50, 50]}]', gt)
     >>> r["score"], r["count"], r["exact"]
@@ -35,11 +40,17 @@ class CountingReward:
     0.5
     >>> CountingReward()("[]", CountingReward.prepare({"count": 0, "points": []}))["score"]
     2.0
+    >>> r = CountingReward()("<answer>2</answer>", gt)
+    >>> r["score"], r["count"], r["exact"], r["location"], r["format"]
+    (0.5, 2.0, 1.0, 0.0, 0.0)
     """
 
     components: ClassVar[tuple] = ("count", "exact", "ratio", "location", "format")
     count_weight: float = 1.0
     format_weight: float = 1.0
+    # The share of the count reward a bare count earns where points are scored: the count
+    # without the localisation that the points answer is paid for.
+    bare_count_location: float = 0.5
 
     @property
     def max_score(self) -> float:
@@ -82,7 +93,19 @@ class CountingReward:
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2
             points = np.concatenate([points, centres]) if len(points) else centres
         points = np.clip(points, 0, frame)
-        n = len(points)
+        n, bare = len(points), bare_count(answer)
+        if bare is not None:
+            n = bare
+            ratio = min(n, count) / max(n, count) if max(n, count) else 1.0
+            credit = self.bare_count_location if len(gt_points) else 1.0
+            return {
+                "score": self.count_weight * ratio * credit,
+                "count": float(n),
+                "exact": float(n == count),
+                "ratio": ratio,
+                "location": 0.0,
+                "format": 0.0,
+            }
         if not answer.parsed:
             ratio = location = 0.0
         else:

@@ -43,6 +43,9 @@ def component_keys(tasks) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for t in tasks for k in ("score", *rewards.get_reward_cls(t).components, *COUNTERS)))
 
 
+SIGNAL_KEYS = ("groups/zero_signal", "groups/reward_std", "truncated")
+
+
 def check_steps(run_dir: Path, sources: dict[str, str], expect_steps: list[int]) -> dict[int, dict]:
     """Steps ``expect_steps`` ran, each logging finite scores and every reward component, overall
     and per data source for each source (``sources``: data source -> task) its rollouts came from;
@@ -60,12 +63,36 @@ def check_steps(run_dir: Path, sources: dict[str, str], expect_steps: list[int])
         for source in present:
             for key in component_keys([sources[source]]):
                 finite(metrics, f"{PREFIX}/{source}/{key}/mean")
+            for key in SIGNAL_KEYS:  # the learning signal per data source (rewards/signal.py)
+                finite(metrics, f"{PREFIX}/{source}/{key}")
         for counter in COUNTERS:
             assert metrics[f"{PREFIX}/{counter}/mean"] == 0, (
                 f"step {step}: {counter} = {metrics[f'{PREFIX}/{counter}/mean']}"
             )
-    assert seen == set(sources), f"no training rollouts of {set(sources) - seen}"
+    # FILTER_GROUPS=1 trains on groups that differ only: a source whose groups are all flat
+    # (a random model's boxes) may never reach a step.
+    if not any(EVICTED in metrics for metrics in steps.values()):
+        assert seen == set(sources), f"no training rollouts of {set(sources) - seen}"
     return steps
+
+
+EVICTED = "training/filter_groups/evicted_samples"
+
+
+def check_filter_groups(run_dir: Path, steps: dict[int, dict], batch_size: int) -> int:
+    """``FILTER_GROUPS=1`` did its job: some step evicted zero-variance groups (verl's
+    ``filter_groups/*`` metrics) and was refilled to ``batch_size`` groups, every one of them
+    with rewards that differ. Returns that step."""
+    evicted = {step: m[EVICTED] for step, m in steps.items() if m.get(EVICTED, 0) > 0}
+    assert evicted, f"no step evicted a group: {EVICTED} = {[m.get(EVICTED) for m in steps.values()]}"
+    step = min(evicted)
+    scores: dict[str, set] = {}
+    for row in rollout_rows(run_dir, step):
+        scores.setdefault(row["uid"].rsplit("_", 2)[0], set()).add(round(row["score"], 6))
+    assert len(scores) == batch_size, f"step {step}: {len(scores)} groups trained, not refilled to {batch_size}"
+    flat = [uid for uid, values in scores.items() if len(values) == 1]
+    assert not flat, f"step {step}: zero-variance groups {flat} trained despite filter_groups"
+    return step
 
 
 def check_validation(run_dir: Path, sources: dict[str, str]) -> dict:

@@ -10,7 +10,8 @@
    ``trainer.resume_mode=auto``: the same rows as the uninterrupted run at steps 9-10, and
    its metrics file continues the first run's; ``perception-r1-eval curves`` draws it;
 2. coco_det with ``CURRICULUM=1`` (tiny Qwen2.5-VL): a step mixing rollout counts;
-3. perception_mix with ``LORA_RANK=8`` (tiny Qwen2-VL): the four tasks in one run, LoRA
+3. perception_mix with ``LORA_RANK=8`` and ``FILTER_GROUPS=1`` (tiny Qwen2-VL): the four
+   tasks in one run, a step where flat groups were evicted and refilled, LoRA
    adapters trained by verl's FSDP LoRA and served by vLLM, box tokens through the real
    decode path; validation and per-step metrics per data source; its step-2 checkpoint
    merged, ``perception-r1-eval generate --backend vllm`` (the adapter folded in) and
@@ -219,12 +220,16 @@ def main(argv: list[str]) -> int:
     runner.stage("coco_det curriculum")
 
     # All four tasks in one LoRA run (tiny Qwen2-VL: refcoco's and the others' boxes through
-    # the box-token decode path): 2 rows of each, 4 prompts a step, so the 2 steps see all four.
+    # the box-token decode path): 2 rows of each, 4 prompts a step. FILTER_GROUPS=1 here: the
+    # random model's box answers give all-zero groups (evicted), page OCR's edit similarity
+    # differs between rollouts (check_learning saw it before), so refills end.
     mix_dir, mix = runner.train(
         "perception_mix_lora", "perception_mix", "tiny-Qwen2-VL", [1, 2],
-        extra=["data.train_batch_size=4"], env={"MIX": MIX, "LORA_RANK": "8"},
+        extra=["data.train_batch_size=4"], env={"MIX": MIX, "LORA_RANK": "8", "FILTER_GROUPS": "1"},
     )  # fmt: skip
     check.check_learning(mix)
+    step = check.check_filter_groups(mix_dir, mix, batch_size=4)
+    runner.report.append(f"perception_mix_lora step {step}: {mix[step][check.EVICTED]} samples evicted and refilled")
     check.check_lora_checkpoint(mix_dir / "checkpoints" / "global_step_2", 8)
     runner.stage("perception_mix LoRA")
     runner.evaluate(mix_dir / "checkpoints" / "global_step_2", "perception_mix/refcoco", "tiny-Qwen2-VL")
