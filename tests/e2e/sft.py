@@ -1,6 +1,6 @@
 """Supervised fine-tuning of a tiny Qwen-VL on a split's exact answers: the miniature's "instruct" start.
 
-    python tests/e2e/sft.py MODEL_DIR TRAIN_PARQUET OUT_DIR [--epochs E] [--lr LR] [--seed S]
+    python tests/e2e/sft.py MODEL_DIR TRAIN_PARQUET OUT_DIR [--steps N] [--lr LR] [--seed S]
 
 The paper starts GRPO from an instruct checkpoint; a random tiny model has none, so this
 loop teaches it the task's answer syntax and a rough idea of where things are, from the
