@@ -3,7 +3,7 @@
     python tests/e2e/sft.py MODEL_DIR TRAIN_PARQUET OUT_DIR [--steps N] [--lr LR] [--seed S]
 
 The paper starts GRPO from an instruct checkpoint; a random tiny model has none, so this
-loop teaches it the task's answer syntax and a rough idea of where things are, from the
+loop teaches it the task's answer syntax (not where the box goes: see README), from the
 rewards' own ``render_answer`` (the exact answer a perfect model writes). Each row is
 presented as verl's ``RLHFDataset`` presents it (``eval.generate.prepare``: the chat
 template with the generation prompt, the image resized by the Qwen-VL rule), the answer
