@@ -52,9 +52,16 @@ FAMILIES = {
         Family("qwen2_vl", 28, 3136, "relative", "box_tokens", ("qwen2_vl",), ("qwen2-vl",)),
         Family("qwen3_vl", 32, 65536, "relative", "json", ("qwen3_vl", "qwen3_vl_moe"), ("qwen3-vl",)),
         Family(
-            "qwen3_5", 32, 65536, "relative", "json", ("qwen3_5", "qwen3_5_moe"), ("qwen3-5",),
-            thinking_switch=True, linear_attention=True,
-        ),  # fmt: skip
+            "qwen3_5",
+            32,
+            65536,
+            "relative",
+            "json",
+            ("qwen3_5", "qwen3_5_moe"),
+            ("qwen3-5",),
+            thinking_switch=True,
+            linear_attention=True,
+        ),
     )
 }
 MODEL_FAMILIES = tuple(FAMILIES)

@@ -15,7 +15,8 @@ from perception_r1_verl.data.rules import DataError
 from perception_r1_verl.data.sample import make_sample_coco
 
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5")
-MIN_PIXELS = {"qwen2_5_vl": 3136, "qwen2_vl": 3136, "qwen3_vl": 65536, "qwen3_5": 65536}  # Qwen3-VL, Qwen3.5: the processor's minimum
+# Qwen3-VL, Qwen3.5: the processor's minimum
+MIN_PIXELS = {"qwen2_5_vl": 3136, "qwen2_vl": 3136, "qwen3_vl": 65536, "qwen3_5": 65536}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

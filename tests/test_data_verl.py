@@ -108,6 +108,22 @@ def test_qwen3_vl_patch_16(tmp_path):
     assert pq.read_table(small / "o.parquet").to_pylist()[0]["extra_info"]["input_size"] == [320, 224]
 
 
+@pytest.mark.parametrize("think", [False, True])
+def test_qwen3_5_rows_match_its_processor(tmp_path, tiny_qwen3_5, think):
+    """Every source converted for Qwen3.5, checked with a Qwen3.5 folder's processor (patch 16,
+    merge 2): verl's resize is the row's input_size, the image tokens fill its grid, and the
+    ground truth written as the model answers (JSON, 0-1000) scores the maximum."""
+    img, text = tesseract_page()
+    shutil.copy(img, tmp_path / "page.png")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "page.png", "text": text}) + "\n")
+    options = ConvertOptions(progress=False, model_family="qwen3_5", think=think)
+    convert_page_ocr(tmp_path / "p.jsonl", None, tmp_path / "ocr.parquet", options)
+    for parquet in [*_all_sources(tmp_path, "qwen3_5", think=think), tmp_path / "ocr.parquet"]:
+        report = inspect_parquet(parquet, tiny_qwen3_5, n_draw=0)
+        assert report.ok, report.problems
+        assert report.checked == report.rows > 0
+
+
 def test_inspection_catches_wrong_rows(tmp_path, qwen2_5_vl_processor_dir):
     det, ref, _ = _all_sources(tmp_path, "qwen2_5_vl")
     table = pq.read_table(det).to_pylist() + pq.read_table(ref).to_pylist()
