@@ -211,9 +211,25 @@ MODELS = {
         Model("Qwen2.5-VL-3B-Instruct", 2048, 36, 11008, 16, 2, 151936, True, 1280, 32, 3420, True),
         Model("Qwen2.5-VL-7B-Instruct", 3584, 28, 18944, 28, 4, 152064, False, 1280, 32, 3420, True),
         *(
-            Model(name, hidden, layers, inter, heads, kv, 248320, tied, *vision, False, 16, explicit_head_dim=256,
-                  full_attention_interval=4, linear_k_heads=16, linear_v_heads=v_heads, linear_head_dim=128,
-                  vision_positions=2304)  # fmt: skip
+            Model(
+                name,
+                hidden,
+                layers,
+                inter,
+                heads,
+                kv,
+                248320,
+                tied,
+                *vision,
+                False,
+                16,
+                explicit_head_dim=256,
+                full_attention_interval=4,
+                linear_k_heads=16,
+                linear_v_heads=v_heads,
+                linear_head_dim=128,
+                vision_positions=2304,
+            )  # fmt: skip
             for name, hidden, layers, inter, heads, kv, tied, v_heads, vision in QWEN3_5
         ),
     )
