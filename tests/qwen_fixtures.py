@@ -70,9 +70,9 @@ def write_qwen2_5_vl_processor(folder: Path) -> Path:
     return folder
 
 
-# Qwen3.5's image processor: Qwen3-VL's published values (patch 16, merge 2, temporal 2, a
-# 65536-pixel minimum; transformers maps model_type qwen3_5 to Qwen3VLProcessor).
-QWEN3_5_PREPROCESSOR = {
+# Qwen3-VL's published image-processor settings (patch 16, merge 2, temporal 2, a 65536-pixel
+# minimum), which Qwen3.5 shares (transformers maps model_type qwen3_5 to Qwen3VLProcessor).
+QWEN3_VL_PREPROCESSOR = {
     "image_processor_type": "Qwen2VLImageProcessor",
     "processor_class": "Qwen3VLProcessor",
     "size": {"longest_edge": 16777216, "shortest_edge": 65536},
@@ -136,7 +136,7 @@ def write_tiny_qwen3_5(folder: Path) -> Path:
     from transformers import AutoTokenizer, Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
     write_qwen2_5_vl_processor(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_5_PREPROCESSOR, indent=2))
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_PREPROCESSOR, indent=2))
     (folder / "chat_template.json").write_text(json.dumps({"chat_template": QWEN3_5_CHAT_TEMPLATE}))
     tok = AutoTokenizer.from_pretrained(folder)
     ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",

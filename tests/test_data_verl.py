@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
 from PIL import Image
-from qwen_fixtures import write_qwen2_5_vl_processor
+from qwen_fixtures import QWEN3_VL_PREPROCESSOR, write_qwen2_5_vl_processor
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco_det import convert_coco
@@ -79,22 +79,10 @@ def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
         assert (tmp_path / f"{name}.grid.png").stat().st_size > 1000
 
 
-QWEN3_VL_IMAGE_PROCESSOR = {  # Qwen3-VL's published image-processor settings
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen3VLProcessor",
-    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
-    "patch_size": 16,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-}
-
-
 def test_qwen3_vl_patch_16(tmp_path):
     """Qwen3-VL: verl resizes with factor 32 and the processor's 65536-pixel minimum holds."""
     folder = write_qwen2_5_vl_processor(tmp_path / "qwen3ish")
-    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_IMAGE_PROCESSOR))
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_PREPROCESSOR))
     small = tmp_path / "small"
     small.mkdir()
     Image.new("RGB", (120, 90), "white").save(small / "a.png")  # under the minimum: enlarged
