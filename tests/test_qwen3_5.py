@@ -139,11 +139,21 @@ def test_exact_answers_score_the_maximum_as_written_after_a_template_opened_thin
 # ---------------------------------------------------------------- evaluation on a tiny Qwen3.5
 
 
-def test_eval_prompts_tell_the_template_whether_to_think(tiny_qwen3_5, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_val(tiny_qwen3_5, tmp_path_factory):
+    """The refcoco recipe's val parquet for the tiny model (its family read from its config.json)."""
+    env = {"DATA_DIR": str(tmp_path_factory.mktemp("data")), "MODEL_PATH": str(tiny_qwen3_5),
+           "TRAIN_LIMIT": "2", "VAL_LIMIT": "3"}  # fmt: skip
+    settings = Settings.from_env(TASKS["refcoco"], env=env, gpus=0)
+    assert settings.model_family == "qwen3_5"
+    recipe_main.prepare_data(TASKS["refcoco"], settings)
+    return settings.parquet("val")
+
+
+def test_eval_prompts_tell_the_template_whether_to_think(tiny_qwen3_5, tiny_val):
     """generate renders what verl renders with the recipes' apply_chat_template_kwargs."""
     processor = load_processor(tiny_qwen3_5)
-    rows = _prepared(tmp_path, "refcoco", tiny_qwen3_5)
-    row = rows[0]
+    row = pq.read_table(tiny_val).to_pylist()[0]
     text, images = prepare(row["prompt"], row["images"], row["extra_info"], processor, 32)
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # enable_thinking=False
     assert [list(im.size) for im in images] == [row["extra_info"]["input_size"]]
@@ -151,20 +161,10 @@ def test_eval_prompts_tell_the_template_whether_to_think(tiny_qwen3_5, tmp_path)
     assert prepare(row["prompt"], row["images"], thinking, processor, 32)[0].endswith("assistant\n<think>\n")
 
 
-def _prepared(data_dir, task: str, model) -> list[dict]:
-    """The recipe's val rows for ``model`` (its family read from its config.json)."""
-    env = {"DATA_DIR": str(data_dir), "MODEL_PATH": str(model), "TRAIN_LIMIT": "2", "VAL_LIMIT": "3"}
-    settings = Settings.from_env(TASKS[task], env=env, gpus=0)
-    assert settings.model_family == "qwen3_5"
-    recipe_main.prepare_data(TASKS[task], settings)
-    return pq.read_table(settings.parquet("val")).to_pylist()
-
-
-def test_generate_and_score_run_on_a_tiny_qwen3_5(tiny_qwen3_5, tmp_path, capsys):
+def test_generate_and_score_run_on_a_tiny_qwen3_5(tiny_qwen3_5, tiny_val, tmp_path, capsys):
     """``perception-r1-eval generate --backend transformers`` then ``score`` on the model's rows;
     then ``score`` of the exact answers, written after a template-opened think block: 100%."""
-    _prepared(tmp_path, "refcoco", tiny_qwen3_5)
-    data = tmp_path / "refcoco" / "sample" / "val.parquet"
+    data = tiny_val
     responses, out = tmp_path / "responses.jsonl", tmp_path / "eval"
     command = f"generate --model {tiny_qwen3_5} --data {data} --out {responses} --backend transformers --max-new-tokens 6 --device cpu"
     assert eval_cli.main(shlex.split(command)) == 0
@@ -243,10 +243,15 @@ def _packed(model, sequences):
     return [_token_log_probs(part, s) for part, s in zip(logits.split(list(LENGTHS)), sequences, strict=True)]
 
 
-@pytest.fixture
-def verl_patched(tiny_qwen3_5, monkeypatch):
+@pytest.fixture(scope="module")
+def verl_patched(tiny_qwen3_5):
     """The tiny model and its plain-transformers results, then verl's monkey patch applied as the
-    FSDP engine applies it; the patched class attributes are put back after the test."""
+    FSDP engine applies it; the patched class attributes are put back after this module."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield _patched(tiny_qwen3_5, monkeypatch)
+
+
+def _patched(tiny_qwen3_5, monkeypatch):
     from transformers import AutoModelForImageTextToText
     from transformers.models.qwen3_5 import modeling_qwen3_5 as m
     from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe as moe
