@@ -2,7 +2,7 @@
 
 Accepted answer styles (``Answer.style``):
 
-- ``json``: Qwen2.5-VL / Qwen3-VL objects ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cat"}]``
+- ``json``: Qwen2.5-VL / Qwen3-VL / Qwen3.5 objects ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cat"}]``
   (also ``point_2d``), fenced in ```json or bare, a single object, or a bare list of
   boxes;
 - ``box_tokens``: Qwen2-VL ``<|object_ref_start|>cat<|object_ref_end|><|box_start|>(x1,y1),
