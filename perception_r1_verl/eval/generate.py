@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..data.images import to_rgb
+from ..families import chat_template_kwargs
 from ..frames import smart_resize
 from ..outputs import check_output
 from ..parsing import END_TOKENS
@@ -245,7 +246,11 @@ def prepare(prompt, cells, extra_info, processor, factor: int) -> tuple[str, lis
             f"the split expects {tuple(expected)} (model_family {extra_info.get('model_family')!r}); "
             "prepare the split for this model family"
         )
-    text = processor.apply_chat_template(build_messages(prompt, images), add_generation_prompt=True, tokenize=False)
+    # As the recipes tell verl (data.apply_chat_template_kwargs): Qwen3.5's template thinks or not as the row asks.
+    family_name = extra_info.get("model_family")
+    switches = chat_template_kwargs(family_name, bool(extra_info.get("think"))) if family_name else {}
+    messages = build_messages(prompt, images)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switches)
     return text, images
 
 
