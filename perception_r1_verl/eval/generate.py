@@ -8,8 +8,11 @@ Qwen-VL rule (``frames.smart_resize``, factor = patch size x merge size, the row
 resized size differs from its ``extra_info.input_size`` stops the run: the model would
 answer in another frame than the ground truth (a split prepared for another family).
 
-Output: one ``{"index": ..., "response": ...}`` line per row, appended and flushed after
-each batch. Rows whose index is already in the file are skipped, so a rerun resumes an
+Output: one ``{"index": ..., "response": ..., "finish_reason": ...}`` line per row,
+appended and flushed after each batch. ``finish_reason`` is ``"length"`` when the answer
+ran to ``max_new_tokens`` without ending (vLLM's own ``finish_reason``; transformers: no
+end token among the generated ids and as many of them as the limit allowed), else
+``"stop"``. Rows whose index is already in the file are skipped, so a rerun resumes an
 interrupted one; a last line cut off by the interruption is dropped first. Special tokens
 such as ``<|box_start|>`` are kept (Qwen2-VL's labels live in them); only the
 end-of-sequence markers are removed.
@@ -155,6 +158,28 @@ def _completed(out_path: Path) -> set[str]:
     return set(read_responses(out_path)[0])
 
 
+def finish_reason(ids, end_ids, max_new_tokens: int) -> str:
+    """Why a transformers generation stopped: ``"length"`` when it holds no end token and
+    used every new token allowed; else ``"stop"`` (padding after an end token is that end).
+
+    >>> finish_reason([5, 6, 2, 0], {2}, 4), finish_reason([5, 6, 7, 8], {2}, 4)
+    ('stop', 'length')
+    """
+    if any(t in end_ids for t in ids):
+        return "stop"
+    return "length" if len(ids) >= max_new_tokens else "stop"
+
+
+def end_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a generation: the model's ``eos_token_id`` (int or list) and END_TOKENS."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    ids |= {
+        i for i in tokenizer.convert_tokens_to_ids(list(END_TOKENS)) if i is not None and i != tokenizer.unk_token_id
+    }
+    return ids
+
+
 class TransformersEngine:
     """Batched greedy ``generate`` with transformers (CPU or one GPU)."""
 
@@ -170,8 +195,9 @@ class TransformersEngine:
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens
+        self.end_ids = end_token_ids(self.model, processor.tokenizer)
 
-    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
+    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[dict]:
         flat = [im for ims in images for im in ims] or None
         inputs = self.processor(text=prompts, images=flat, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
@@ -181,7 +207,11 @@ class TransformersEngine:
                 **inputs, do_sample=False, repetition_penalty=1.0, max_new_tokens=self.max_new_tokens
             )
         new = out[:, inputs["input_ids"].shape[1] :]
-        return [strip_eos(t) for t in self.processor.batch_decode(new, skip_special_tokens=False)]
+        texts = self.processor.batch_decode(new, skip_special_tokens=False)
+        return [
+            {"response": strip_eos(t), "finish_reason": finish_reason(ids, self.end_ids, self.max_new_tokens)}
+            for t, ids in zip(texts, new.tolist(), strict=True)
+        ]
 
 
 class VLLMEngine:
@@ -210,13 +240,17 @@ class VLLMEngine:
         )
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
 
-    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
+    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[dict]:
         requests = [
             {"prompt": p, "multi_modal_data": {"image": ims}} if ims else {"prompt": p}
             for p, ims in zip(prompts, images, strict=True)
         ]
         outputs = self.llm.generate(requests, self.params, use_tqdm=False)
-        return [strip_eos(o.outputs[0].text) for o in outputs]
+        # vllm/outputs.py CompletionOutput.finish_reason; vllm/v1/engine/__init__.py
+        # FINISH_REASON_STRINGS: "length" = max_tokens consumed or max_model_len reached.
+        return [
+            {"response": strip_eos(o.outputs[0].text), "finish_reason": o.outputs[0].finish_reason} for o in outputs
+        ]
 
 
 def vllm_available() -> bool:
@@ -314,9 +348,7 @@ def generate(
 
         def flush():
             responses = engine.generate([b[1] for b in batch], [b[2] for b in batch])
-            lines = (
-                orjson.dumps({"index": b[0], "response": r}) + b"\n" for b, r in zip(batch, responses, strict=True)
-            )
+            lines = (orjson.dumps({"index": b[0], **r}) + b"\n" for b, r in zip(batch, responses, strict=True))
             f.write(b"".join(lines))
             f.flush()
             os.fsync(f.fileno())
