@@ -12,7 +12,14 @@ Output: one ``{"index": ..., "response": ..., "finish_reason": ...}`` line per r
 appended and flushed after each batch. ``finish_reason`` is ``"length"`` when the answer
 ran to ``max_new_tokens`` without ending (vLLM's own ``finish_reason``; transformers: no
 end token among the generated ids and as many of them as the limit allowed), else
-``"stop"``. Rows whose index is already in the file are skipped, so a rerun resumes an
+``"stop"``.
+
+With ``logprobs=True`` (``--logprobs``) each line also holds ``logprobs``, the
+log-probability of every generated token of ``response`` (4 decimals), and
+``token_ends``, the character offset in ``response`` where each token ends, so ``score``
+can find the tokens that spell each box. When the tokens' own texts do not spell the
+response (a character split across tokens), the line says so in ``logprobs_error``
+instead: no offsets are better than wrong ones. Rows whose index is already in the file are skipped, so a rerun resumes an
 interrupted one; a last line cut off by the interruption is dropped first. Special tokens
 such as ``<|box_start|>`` are kept (Qwen2-VL's labels live in them); only the
 end-of-sequence markers are removed.
@@ -180,12 +187,43 @@ def end_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def align_tokens(pieces: list[str], logprobs: list[float], text: str) -> dict:
+    """The ``logprobs`` / ``token_ends`` of the tokens that spell ``text`` (the response
+    without its end markers), from each generated token's text and log-probability.
+
+    >>> align_tokens(["[1", ", 2", "]", "<|im_end|>"], [-0.1, -0.25, -0.0, -0.5], "[1, 2]")
+    {'logprobs': [-0.1, -0.25, -0.0], 'token_ends': [2, 5, 6]}
+    >>> align_tokens(["\ufffd", "\ufffd"], [-1.0, -1.0], "\u4e2d")
+    {'logprobs_error': 'the tokens do not spell the response'}
+    """
+    logps, ends, end = [], [], 0
+    for piece, lp in zip(pieces, logprobs, strict=True):
+        if end >= len(text):
+            break
+        if not isinstance(piece, str) or text[end : end + len(piece)] != piece:
+            return {"logprobs_error": "the tokens do not spell the response"}
+        end += len(piece)
+        logps.append(round(float(lp), 4))
+        ends.append(end)
+    if end != len(text):
+        return {"logprobs_error": "the tokens do not spell the response"}
+    return {"logprobs": logps, "token_ends": ends}
+
+
 class TransformersEngine:
     """Batched greedy ``generate`` with transformers (CPU or one GPU)."""
 
     name = "transformers"
 
-    def __init__(self, model_dir, processor, max_new_tokens: int, dtype: str = "auto", device: str | None = None):
+    def __init__(
+        self,
+        model_dir,
+        processor,
+        max_new_tokens: int,
+        dtype: str = "auto",
+        device: str | None = None,
+        logprobs: bool = False,
+    ):
         import torch
         from transformers import AutoModelForImageTextToText
 
@@ -196,6 +234,7 @@ class TransformersEngine:
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens
         self.end_ids = end_token_ids(self.model, processor.tokenizer)
+        self.logprobs = logprobs
 
     def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[dict]:
         flat = [im for ims in images for im in ims] or None
@@ -204,14 +243,30 @@ class TransformersEngine:
             # repetition_penalty=1: plain greedy, as vLLM and verl's validation decode (Qwen2.5-VL's
             # generation_config would otherwise add 1.05).
             out = self.model.generate(
-                **inputs, do_sample=False, repetition_penalty=1.0, max_new_tokens=self.max_new_tokens
+                **inputs,
+                do_sample=False,
+                repetition_penalty=1.0,
+                max_new_tokens=self.max_new_tokens,
+                return_dict_in_generate=True,
+                output_scores=self.logprobs,
             )
-        new = out[:, inputs["input_ids"].shape[1] :]
+            # normalize_logits: the scores are logits; log_softmax makes them log-probabilities
+            # of the chosen tokens (transformers generation/utils.py compute_transition_scores).
+            scores = (
+                self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).tolist()
+                if self.logprobs
+                else None
+            )
+        new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
         texts = self.processor.batch_decode(new, skip_special_tokens=False)
-        return [
-            {"response": strip_eos(t), "finish_reason": finish_reason(ids, self.end_ids, self.max_new_tokens)}
-            for t, ids in zip(texts, new.tolist(), strict=True)
-        ]
+        rows = []
+        for n, (text, ids) in enumerate(zip(texts, new, strict=True)):
+            row = {"response": strip_eos(text), "finish_reason": finish_reason(ids, self.end_ids, self.max_new_tokens)}
+            if scores is not None:
+                pieces = [self.processor.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+                row.update(align_tokens(pieces, scores[n], row["response"]))
+            rows.append(row)
+        return rows
 
 
 class VLLMEngine:
@@ -227,6 +282,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
         max_images: int = 1,
+        logprobs: bool = False,
     ):
         from vllm import LLM, SamplingParams
 
@@ -238,7 +294,8 @@ class VLLMEngine:
             limit_mm_per_prompt={"image": max_images},
             seed=0,
         )
-        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
+        extra = {"logprobs": 0} if logprobs else {}  # 0: the sampled token's log-probability alone
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False, **extra)
 
     def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[dict]:
         requests = [
@@ -248,9 +305,17 @@ class VLLMEngine:
         outputs = self.llm.generate(requests, self.params, use_tqdm=False)
         # vllm/outputs.py CompletionOutput.finish_reason; vllm/v1/engine/__init__.py
         # FINISH_REASON_STRINGS: "length" = max_tokens consumed or max_model_len reached.
-        return [
-            {"response": strip_eos(o.outputs[0].text), "finish_reason": o.outputs[0].finish_reason} for o in outputs
-        ]
+        return [self._row(o.outputs[0]) for o in outputs]
+
+    @staticmethod
+    def _row(completion) -> dict:
+        row = {"response": strip_eos(completion.text), "finish_reason": completion.finish_reason}
+        if completion.logprobs is not None:
+            # One {token_id: Logprob(logprob, rank, decoded_token)} per generated token
+            # (vllm/logprobs.py); with logprobs=0 it holds the sampled token.
+            chosen = [pos[t] for t, pos in zip(completion.token_ids, completion.logprobs, strict=True)]
+            row.update(align_tokens([c.decoded_token for c in chosen], [c.logprob for c in chosen], row["response"]))
+        return row
 
 
 def vllm_available() -> bool:
@@ -298,6 +363,7 @@ def generate(
     limit: int | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    logprobs: bool = False,
     engines: dict | None = None,
     log=print,
 ) -> dict:
@@ -307,7 +373,8 @@ def generate(
     ``limit`` caps the rows generated by this call (for smoke runs); ``max_images`` is the
     most images one row holds (vLLM reserves memory for them). ``engines``: a dict the
     caller keeps across calls, so several splits load the model once (vLLM does not promise
-    a second engine in one process the GPU memory of the first).
+    a second engine in one process the GPU memory of the first). ``logprobs``: also write
+    each token's log-probability and character offset (box confidences for ``score``).
     """
     from ..data.qwen_vl import load_processor
     from .dataset import read_split
@@ -330,14 +397,14 @@ def generate(
     processor = load_processor(model_dir)  # works without torchvision too
     factor = patch_factor(processor)
     engines = {} if engines is None else engines
-    key = (backend, str(model_dir))
+    key = (backend, str(model_dir), logprobs)
     engine = engines.get(key)
     if engine is None and backend == "vllm":
         engine = VLLMEngine(
-            model_dir, max_new_tokens, tensor_parallel_size, max_model_len, gpu_memory_utilization, max_images
+            model_dir, max_new_tokens, tensor_parallel_size, max_model_len, gpu_memory_utilization, max_images, logprobs
         )
     elif engine is None and backend == "transformers":
-        engine = TransformersEngine(model_dir, processor, max_new_tokens, dtype, device)
+        engine = TransformersEngine(model_dir, processor, max_new_tokens, dtype, device, logprobs)
     elif engine is None:
         raise ValueError(f"backend must be 'auto', 'vllm' or 'transformers', got {backend!r}")
     engines[key] = engine
