@@ -38,6 +38,8 @@ class ScoreOptions:
 
     annotations: object = None  # detection: a COCO instances.json (path or dict), else the split's
     zh_tokenizer: str = "auto"  # ocr: how Chinese is tokenised
+    responses: dict = field(default_factory=dict)  # {index: response text}
+    extras: dict = field(default_factory=dict)  # {index: the line's other fields}: finish_reason, logprobs
 
 
 class Metric:

@@ -78,7 +78,7 @@ def score_samples(
     answers = [parse_answer(responses.get(s.index, ""), think=s.think) for s in samples]
     extras = extras or {}
     metrics = {"task": task, **_answer_counts(answers, samples, responses, metric.boxes, extras)}
-    scored = metric.evaluate(samples, answers, metrics, ScoreOptions(annotations, zh_tokenizer))
+    scored = metric.evaluate(samples, answers, metrics, ScoreOptions(annotations, zh_tokenizer, responses, extras))
     for r, s in zip(scored.records, samples, strict=True):  # the report marks the rows cut at the limit
         r["finish_reason"] = finish_of(extras.get(s.index)) if s.index in responses else None
     return scored
@@ -100,6 +100,9 @@ def markdown(scored: Scored, title: str) -> str:
     for key, label in (("by_split", "split"), ("by_language", "language")):
         if m.get(key):
             lines += ["", *_table(m[key], names, label)]
+    if m.get("score_conventions"):
+        lines += ["", "Box score conventions of the AP columns (AP, AP50, ... are the paper's):"]
+        lines += [f"- {name}: {rule}" for name, rule in m["score_conventions"].items()]
     counts = ", ".join(
         f"{k} {m[k]}"
         for k in ("n_missing", "n_unparsable", "n_empty", "n_truncated", "n_hit_length", "n_finish_unknown")
