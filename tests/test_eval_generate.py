@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import types
 from io import BytesIO
 
@@ -83,12 +84,16 @@ def test_transformers_says_why_each_answer_stopped(tiny_qwen2_5_vl, tmp_path):
 
     data = split(tmp_path, n=2)
     kwargs = {"backend": "transformers", "max_new_tokens": 3, "device": "cpu", "log": lambda _: None}
-    generate(tiny_qwen2_5_vl, data, tmp_path / "noise.jsonl", **kwargs)
-    assert [r["finish_reason"] for r in read_jsonl(tmp_path / "noise.jsonl")] == ["length"] * 2
+    generate(tiny_qwen2_5_vl, data, tmp_path / "noise.jsonl", logprobs=True, **kwargs)
+    rows = read_jsonl(tmp_path / "noise.jsonl")
+    assert [r["finish_reason"] for r in rows] == ["length"] * 2
+    config = json.loads((tiny_qwen2_5_vl / "config.json").read_text())
+    vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
+    for r in rows:  # --logprobs: one per token of the text, normalised (a random model is near uniform)
+        assert len(r["logprobs"]) == len(r["token_ends"]) == 3 and r["token_ends"][-1] == len(r["response"])
+        assert all(abs(lp + math.log(vocab)) < 2 for lp in r["logprobs"])
     ending = tmp_path / "ending"
     shutil.copytree(tiny_qwen2_5_vl, ending)
-    config = json.loads((ending / "config.json").read_text())
-    vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
     (ending / "generation_config.json").write_text(json.dumps({"eos_token_id": list(range(vocab))}))
     generate(ending, data, tmp_path / "ends.jsonl", **kwargs)
     assert [r["finish_reason"] for r in read_jsonl(tmp_path / "ends.jsonl")] == ["stop"] * 2
@@ -208,7 +213,7 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
 
     class SamplingParams:
         def __init__(self, **kwargs):
-            calls["sampling"] = kwargs
+            self.kwargs = kwargs
 
     class LLM:
         def __init__(self, **kwargs):
@@ -216,6 +221,7 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
 
         def generate(self, requests, params, use_tqdm):
             calls["requests"] += requests
+            calls["sampling"] = params.kwargs
             texts = ["[1, 2, 3, 4]<|im_end|>", "[1, 2, 3"][: len(requests)]
             reasons = ["stop", "length"][: len(requests)]
             return [
@@ -239,6 +245,8 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
     rows = read_jsonl(out)
     assert [r["response"] for r in rows] == ["[1, 2, 3, 4]", "[1, 2, 3", "[1, 2, 3, 4]"]
     assert [r["finish_reason"] for r in rows] == ["stop", "length", "stop"]  # vLLM's own, as it said
+    generate(tiny_qwen2_5_vl, split(tmp_path, n=1), tmp_path / "lp.jsonl", logprobs=True, log=lambda _: None)
+    assert calls["sampling"] == {"temperature": 0.0, "max_tokens": 2048, "skip_special_tokens": False, "logprobs": 0}
 
 
 def test_generate_then_score_end_to_end_on_real_photos(tiny_qwen2_5_vl, tmp_path):

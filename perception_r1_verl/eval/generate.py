@@ -222,7 +222,6 @@ class TransformersEngine:
         max_new_tokens: int,
         dtype: str = "auto",
         device: str | None = None,
-        logprobs: bool = False,
     ):
         import torch
         from transformers import AutoModelForImageTextToText
@@ -234,9 +233,8 @@ class TransformersEngine:
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens
         self.end_ids = end_token_ids(self.model, processor.tokenizer)
-        self.logprobs = logprobs
 
-    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[dict]:
+    def generate(self, prompts: list[str], images: list[list[Image.Image]], logprobs: bool = False) -> list[dict]:
         flat = [im for ims in images for im in ims] or None
         inputs = self.processor(text=prompts, images=flat, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
@@ -248,13 +246,13 @@ class TransformersEngine:
                 repetition_penalty=1.0,
                 max_new_tokens=self.max_new_tokens,
                 return_dict_in_generate=True,
-                output_scores=self.logprobs,
+                output_scores=logprobs,
             )
             # normalize_logits: the scores are logits; log_softmax makes them log-probabilities
             # of the chosen tokens (transformers generation/utils.py compute_transition_scores).
             scores = (
                 self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).tolist()
-                if self.logprobs
+                if logprobs
                 else None
             )
         new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
@@ -282,7 +280,6 @@ class VLLMEngine:
         max_model_len: int | None = None,
         gpu_memory_utilization: float = 0.9,
         max_images: int = 1,
-        logprobs: bool = False,
     ):
         from vllm import LLM, SamplingParams
 
@@ -294,15 +291,18 @@ class VLLMEngine:
             limit_mm_per_prompt={"image": max_images},
             seed=0,
         )
-        extra = {"logprobs": 0} if logprobs else {}  # 0: the sampled token's log-probability alone
-        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False, **extra)
+        self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
+        # logprobs=0: the sampled token's log-probability alone (vllm/sampling_params.py).
+        self.with_logprobs = SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False, logprobs=0
+        )
 
-    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[dict]:
+    def generate(self, prompts: list[str], images: list[list[Image.Image]], logprobs: bool = False) -> list[dict]:
         requests = [
             {"prompt": p, "multi_modal_data": {"image": ims}} if ims else {"prompt": p}
             for p, ims in zip(prompts, images, strict=True)
         ]
-        outputs = self.llm.generate(requests, self.params, use_tqdm=False)
+        outputs = self.llm.generate(requests, self.with_logprobs if logprobs else self.params, use_tqdm=False)
         # vllm/outputs.py CompletionOutput.finish_reason; vllm/v1/engine/__init__.py
         # FINISH_REASON_STRINGS: "length" = max_tokens consumed or max_model_len reached.
         return [self._row(o.outputs[0]) for o in outputs]
@@ -397,14 +397,14 @@ def generate(
     processor = load_processor(model_dir)  # works without torchvision too
     factor = patch_factor(processor)
     engines = {} if engines is None else engines
-    key = (backend, str(model_dir), logprobs)
+    key = (backend, str(model_dir))
     engine = engines.get(key)
     if engine is None and backend == "vllm":
         engine = VLLMEngine(
-            model_dir, max_new_tokens, tensor_parallel_size, max_model_len, gpu_memory_utilization, max_images, logprobs
+            model_dir, max_new_tokens, tensor_parallel_size, max_model_len, gpu_memory_utilization, max_images
         )
     elif engine is None and backend == "transformers":
-        engine = TransformersEngine(model_dir, processor, max_new_tokens, dtype, device, logprobs)
+        engine = TransformersEngine(model_dir, processor, max_new_tokens, dtype, device)
     elif engine is None:
         raise ValueError(f"backend must be 'auto', 'vllm' or 'transformers', got {backend!r}")
     engines[key] = engine
@@ -414,7 +414,7 @@ def generate(
     with open(out, "ab") as f:
 
         def flush():
-            responses = engine.generate([b[1] for b in batch], [b[2] for b in batch])
+            responses = engine.generate([b[1] for b in batch], [b[2] for b in batch], logprobs)
             lines = (orjson.dumps({"index": b[0], **r}) + b"\n" for b, r in zip(batch, responses, strict=True))
             f.write(b"".join(lines))
             f.flush()
