@@ -47,6 +47,7 @@ from ..labels import normalise_label
 from ..parsing import Answer
 from .confidence import box_confidences
 from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
+from .frame_check import detection_fit
 from .metric import Metric, Scored
 from .registry import register
 
@@ -360,6 +361,7 @@ class DetectionMetric(Metric):
 
     boxes = True
     case_fields = ("tp", "fp", "fn", "n_pred")
+    frame_fit = staticmethod(detection_fit)
 
     def evaluate(self, samples, answers, metrics, options):
         annotations = options.annotations

@@ -17,6 +17,7 @@ import orjson
 
 from ..parsing import parse_answer
 from .dataset import Sample, read_responses, read_split
+from .frame_check import diagnose, diagnosis_line
 from .metric import Scored, ScoreOptions, format_value, metric_names
 from .metrics import get_metric
 from .report import write_report
@@ -81,6 +82,11 @@ def score_samples(
     scored = metric.evaluate(samples, answers, metrics, ScoreOptions(annotations, zh_tokenizer, responses, extras))
     for r, s in zip(scored.records, samples, strict=True):  # the report marks the rows cut at the limit
         r["finish_reason"] = finish_of(extras.get(s.index)) if s.index in responses else None
+    if metric.frame_fit is not None:
+        scored.metrics["frame_diagnosis"] = diagnosis = diagnose(metric.frame_fit, samples, answers)
+        line = diagnosis_line(diagnosis)
+        if line:
+            scored.warnings.append(line)
     return scored
 
 
