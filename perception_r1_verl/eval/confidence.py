@@ -23,6 +23,7 @@ import numpy as np
 import orjson
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_CHUNK = 64  # windows of four numbers compared at once when looking for a box
 _LABEL_WINDOW = 200  # characters either side of a box searched for its JSON object's braces
 
 
@@ -70,19 +71,20 @@ def coordinate_spans(text: str, boxes) -> list[tuple[int, int] | None]:
     start = text.rfind("</think>") + 1
     numbers = [(m.start(), m.end(), float(m.group())) for m in _NUMBER.finditer(text, start)]
     values = np.array([n[2] for n in numbers], dtype=np.float64)
+    windows = np.lib.stride_tricks.sliding_window_view(values, 4) if len(values) >= 4 else values.reshape(0, 4)
     spans: list[tuple[int, int] | None] = []
     at = 0
     for box in boxes:
-        found = None
-        want = np.asarray(box, dtype=np.float64)
-        # Windows of four numbers from ``at`` that equal the box (vectorised: linear overall).
-        if len(values) - at >= 4:
-            windows = np.lib.stride_tricks.sliding_window_view(values[at:], 4)
-            hits = np.flatnonzero(np.all(np.isclose(windows, want, rtol=0, atol=1e-9), axis=1))
+        want, found = np.asarray(box, dtype=np.float64), None
+        # Scan forward a chunk of windows at a time: each window is compared about once.
+        while found is None and at < len(windows):
+            chunk = windows[at : at + _CHUNK]
+            hits = np.flatnonzero(np.all(np.isclose(chunk, want, rtol=0, atol=1e-9), axis=1))
             if len(hits):
                 i = at + int(hits[0])
-                found = (numbers[i][0], numbers[i + 3][1])
-                at = i + 4
+                found, at = (numbers[i][0], numbers[i + 3][1]), i + 4
+            else:
+                at += _CHUNK
         spans.append(found)
         if found is None:
             break
@@ -112,14 +114,14 @@ def label_span(text: str, label, span: tuple[int, int]) -> tuple[int, int] | Non
 def span_logprobs(logprobs: np.ndarray, ends: np.ndarray, spans) -> np.ndarray:
     """The log-probabilities of the tokens overlapping any of ``spans`` (``(start, end)``).
 
-    >>> span_logprobs(np.array([-1.0, -2.0, -3.0]), np.array([2, 4, 6]), [(3, 5)]).tolist()
-    [-2.0, -3.0]
+    >>> lp, ends = np.array([-1.0, -2.0, -3.0]), np.array([2, 4, 6])
+    >>> span_logprobs(lp, ends, [(3, 5)]).tolist(), span_logprobs(lp, ends, [(2, 4), (5, 6)]).tolist()
+    ([-2.0, -3.0], [-2.0, -3.0])
     """
-    starts = np.concatenate(([0], ends[:-1]))
-    keep = np.zeros(len(ends), dtype=bool)
-    for a, b in spans:
-        keep |= (starts < b) & (ends > a)
-    return logprobs[keep]
+    # Token k covers [ends[k-1], ends[k]): those from the first ending after ``a`` to the
+    # one holding character ``b - 1``.
+    picks = [logprobs[np.searchsorted(ends, a, "right") : np.searchsorted(ends, b, "left") + 1] for a, b in spans]
+    return np.concatenate(picks) if picks else logprobs[:0]
 
 
 def confidence(logps: np.ndarray, rule: str = "mean") -> float:
