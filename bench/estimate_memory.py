@@ -27,6 +27,10 @@ largest of:
   and CUDA graphs), beside whatever the actor keeps on the card (its parameter and
   optimizer shards, unless offloaded).
 
+Qwen3.5-2B/4B/9B use the same terms, uncalibrated (no Qwen3.5 peak has been measured): its
+text model's Gated DeltaNet layers (three of four) hold no KV cache, and vLLM keeps a fixed
+state per sequence in them (``state_bytes_per_sequence``).
+
 Activations per token (bf16): checkpointed layer inputs ``L x h``; one decoder layer
 recomputed during backward, about ``8h + 4i`` values; the vision tower, the same terms for
 each of the image's 4 x 1276 patches (images are at most 1M pixels: 1276 merged tokens);
@@ -94,22 +98,58 @@ class Model:
     patch: int = 14
     temporal_patch: int = 2
     merge: int = 2
+    explicit_head_dim: int = 0  # config head_dim (Qwen3.5: 256); 0: hidden / heads
+    # Qwen3.5's text model: every ``full_attention_interval``-th layer is (gated) attention, the
+    # others Gated DeltaNet with these heads (0: attention only); no qkv bias, q/k RMSNorms,
+    # a learned position embedding of ``vision_positions`` in the tower.
+    full_attention_interval: int = 0
+    linear_k_heads: int = 0
+    linear_v_heads: int = 0
+    linear_head_dim: int = 0
+    vision_positions: int = 0
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.explicit_head_dim or self.hidden // self.heads
+
+    @property
+    def attention_layers(self) -> int:
+        """Layers that attend (and hold a KV cache); the rest are Gated DeltaNet."""
+        return self.layers // self.full_attention_interval if self.full_attention_interval else self.layers
 
     def llm_linears(self) -> list[tuple[int, int]]:
-        """(in, out) of one decoder layer's linear layers: q, k, v, o, gate, up, down."""
-        h, kv = self.hidden, self.kv_heads * self.head_dim
-        i = self.intermediate
-        return [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]
+        """(in, out) of an attention layer's linear layers: q, k, v, o, gate, up, down (Qwen3.5's
+        q also writes the attention's output gate: twice the width)."""
+        h, hd, i = self.hidden, self.head_dim, self.intermediate
+        q, kv = self.heads * hd, self.kv_heads * hd
+        return [(h, q * (2 if self.full_attention_interval else 1)), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+
+    def linear_attention_linears(self) -> list[tuple[int, int]]:
+        """A Gated DeltaNet layer's: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj, then the MLP."""
+        h, i = self.hidden, self.intermediate
+        k, v = self.linear_k_heads * self.linear_head_dim, self.linear_v_heads * self.linear_head_dim
+        heads = self.linear_v_heads
+        return [(h, 2 * k + v), (h, v), (h, heads), (h, heads), (v, h), (h, i), (h, i), (i, h)]
+
+    def layer_linears(self) -> list[list[tuple[int, int]]]:
+        """Each decoder layer's linear layers, in order (transformers' default layer_types)."""
+        every = self.full_attention_interval
+        return [
+            self.llm_linears() if not every or (n + 1) % every == 0 else self.linear_attention_linears()
+            for n in range(self.layers)
+        ]
 
     def llm_params(self) -> int:
         h = self.hidden
-        per_layer = sum(a * b for a, b in self.llm_linears()) + h + 2 * self.kv_heads * self.head_dim  # + qkv bias
-        per_layer += 2 * h  # two RMSNorms
-        return self.layers * per_layer + self.vocab * h * (1 if self.tied else 2) + h
+        linears = sum(a * b for layer in self.layer_linears() for a, b in layer)
+        if not self.full_attention_interval:  # Qwen2 attention: q, k, v biases
+            extras = self.layers * (h + 2 * self.kv_heads * self.head_dim)
+        else:  # q/k RMSNorms; DeltaNet's depthwise conv (kernel 4), A_log, dt_bias, gated RMSNorm
+            conv = (2 * self.linear_k_heads + self.linear_v_heads) * self.linear_head_dim * 4
+            extras = self.attention_layers * 2 * self.head_dim
+            extras += (self.layers - self.attention_layers) * (conv + 2 * self.linear_v_heads + self.linear_head_dim)
+        norms = self.layers * 2 * h  # two RMSNorms a layer
+        return linears + extras + norms + self.vocab * h * (1 if self.tied else 2) + h
 
     def vision_params(self) -> int:
         d, m = self.vision_dim, self.vision_mlp
@@ -118,15 +158,15 @@ class Model:
         norms = 2 * d if self.vision_gated else 4 * d  # RMSNorm, or LayerNorm with bias
         merged = d * self.merge**2
         merger = merged * merged + merged + merged * self.hidden + self.hidden + (d if self.vision_gated else 2 * d)
-        patch_embed = 3 * self.temporal_patch * self.patch**2 * d
-        return self.vision_depth * (attn + mlp + norms) + merger + patch_embed
+        patch_embed = 3 * self.temporal_patch * self.patch**2 * d + (d if self.vision_positions else 0)  # + bias
+        return self.vision_depth * (attn + mlp + norms) + merger + patch_embed + self.vision_positions * d
 
     def params(self) -> int:
         return self.llm_params() + self.vision_params()
 
     def lora_params(self, rank: int) -> int:
         """Adapter parameters of PEFT's all-linear on the language model (the recipes' LoRA)."""
-        return self.layers * sum(rank * (a + b) for a, b in self.llm_linears())
+        return sum(rank * (a + b) for layer in self.layer_linears() for a, b in layer)
 
     def root_params(self) -> int:
         """Parameters outside the decoder layers and vision blocks (FSDP's root unit)."""
@@ -134,9 +174,32 @@ class Model:
         return self.vocab * self.hidden * (1 if self.tied else 2) + d * d + d * self.hidden
 
     def kv_bytes_per_token(self) -> int:
-        return 2 * self.layers * self.kv_heads * self.head_dim * 2  # K and V, bf16
+        return 2 * self.attention_layers * self.kv_heads * self.head_dim * 2  # K and V, bf16
+
+    def state_bytes_per_sequence(self) -> int:
+        """vLLM's fixed state of one sequence in the Gated DeltaNet layers, whatever its length:
+        the recurrent state (v heads x key dim x value dim, fp32: config mamba_ssm_dtype) and
+        the convolution's last 3 inputs (bf16)."""
+        linear = self.layers - self.attention_layers
+        recurrent = self.linear_v_heads * self.linear_head_dim**2 * 4
+        conv = (2 * self.linear_k_heads + self.linear_v_heads) * self.linear_head_dim * 3 * 2
+        return linear * (recurrent + conv)
 
 
+# Qwen3.5 (text_config / vision_config of config.json; full_attention_interval 4, head_dim
+# 256, vocabulary 248320, Gated DeltaNet 16 QK heads of 128): hidden, layers, intermediate,
+# attention heads, KV heads, tied embeddings, DeltaNet V heads, vision (depth, width, MLP).
+# Sources: the model cards' "Model Overview" (2B: 2048/24/6144, 8 Q 2 KV, DeltaNet 16 V;
+# 9B: 4096/32/12288, 16 Q 4 KV, DeltaNet 32 V, a separate LM output), a Qwen3.5-4B-derived
+# config.json (2560/32/9216, 16 Q 4 KV, tied, vision 24/1024/4096, 2304 positions) and a
+# GGUF inspection of Qwen3.5-4B (DeltaNet 32 V heads; quantumaikr/quant.cpp issue 94). The
+# 2B's tower is taken as the 4B's and the 9B's as Qwen3-VL-8B's (27/1152/4304); the
+# transformers model built from each config is the check (tests/test_estimate_memory.py).
+QWEN3_5 = (
+    ("Qwen3.5-2B", 2048, 24, 6144, 8, 2, True, 16, (1024, 24, 4096)),
+    ("Qwen3.5-4B", 2560, 32, 9216, 16, 4, True, 32, (1024, 24, 4096)),
+    ("Qwen3.5-9B", 4096, 32, 12288, 16, 4, False, 32, (1152, 27, 4304)),
+)
 # Source: each model card's config.json on huggingface.co (Qwen/<name>/blob/main/config.json):
 # hidden_size, num_hidden_layers, intermediate_size, num_attention_heads,
 # num_key_value_heads, vocab_size, tie_word_embeddings; vision_config depth and width
@@ -147,6 +210,28 @@ MODELS = {
         Model("Qwen2-VL-2B-Instruct", 1536, 28, 8960, 12, 2, 151936, True, 1280, 32, 5120, False),
         Model("Qwen2.5-VL-3B-Instruct", 2048, 36, 11008, 16, 2, 151936, True, 1280, 32, 3420, True),
         Model("Qwen2.5-VL-7B-Instruct", 3584, 28, 18944, 28, 4, 152064, False, 1280, 32, 3420, True),
+        *(
+            Model(
+                name,
+                hidden,
+                layers,
+                inter,
+                heads,
+                kv,
+                248320,
+                tied,
+                *vision,
+                False,
+                16,
+                explicit_head_dim=256,
+                full_attention_interval=4,
+                linear_k_heads=16,
+                linear_v_heads=v_heads,
+                linear_head_dim=128,
+                vision_positions=2304,
+            )  # fmt: skip
+            for name, hidden, layers, inter, heads, kv, tied, v_heads, vision in QWEN3_5
+        ),
     )
 }
 # The sizes the model cards give (parameters), to check the counts above against.
@@ -243,7 +328,7 @@ def phases(model: Model, setup: Setup, gpus: int, response: int) -> dict[str, fl
         "log_probs": log_probs,
         "resident": resident,
         "vllm_fixed": vllm_fixed,
-        "kv_per_sequence": seq_len * model.kv_bytes_per_token(),
+        "kv_per_sequence": seq_len * model.kv_bytes_per_token() + model.state_bytes_per_sequence(),
         "sequences": sequences,
     }
 
@@ -327,8 +412,9 @@ def main() -> None:
           f"{TRAIN_BATCH} prompts x {ROLLOUT_N} rollouts a step")  # fmt: skip
     for model in MODELS.values():
         p, v = model.params(), model.vision_params()
+        card = f"{PUBLISHED_PARAMS[model.name] / 1e9:.2f}B" if model.name in PUBLISHED_PARAMS else "no count"
         print(f"{model.name}: {p / 1e9:.3f}B parameters ({v / 1e9:.3f}B vision; the card says "
-              f"{PUBLISHED_PARAMS[model.name] / 1e9:.2f}B), LoRA r{args.lora_rank}: "
+              f"{card}), LoRA r{args.lora_rank}: "
               f"{model.lora_params(args.lora_rank) / 1e6:.1f}M, KV {model.kv_bytes_per_token() / 1024:.1f} KiB/token")  # fmt: skip
         for setup in (Setup(0, False, 1, 1, 1), Setup(args.lora_rank, False, 1, 1, 1)):
             est = phases(model, setup, args.gpus, args.response)

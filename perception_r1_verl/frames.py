@@ -4,7 +4,7 @@ Each family answers boxes in its own frame (its record's ``answer_frame``,
 :mod:`perception_r1_verl.families`), and ground truth must be written in that frame or
 the reward is silently capped: ``"pixels"`` of the image the model was fed, i.e. after
 ``smart_resize`` with the family's ``resize_factor`` (Qwen2.5-VL: 28, patch 14 and a 2x2
-merge), or ``"relative"`` 0-1000 coordinates whatever the image size (Qwen2-VL, Qwen3-VL).
+merge), or ``"relative"`` 0-1000 coordinates whatever the image size (Qwen2-VL, Qwen3-VL, Qwen3.5).
 
 Sizes are ``(width, height)`` throughout, as PIL and the answer boxes use them.
 """

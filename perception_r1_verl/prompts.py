@@ -3,7 +3,7 @@
 The paper trains without thinking (its Table 5: explicit reasoning hurts perception), so
 prompts ask for the answer only; ``think=True`` appends the R1-style instruction to reason
 in ``<think>`` and answer in ``<answer>``. The texts are the paper's; families that answer
-in JSON (Qwen2.5-VL, Qwen3-VL) are asked for JSON, which is how they were instruction-tuned
+in JSON (Qwen2.5-VL, Qwen3-VL, Qwen3.5) are asked for JSON, which is how they were instruction-tuned
 to emit boxes, while Qwen2-VL answers with its box tokens unprompted. Every prompt starts
 with the ``<image>`` placeholder that verl's ``RLHFDataset`` replaces with the image.
 """

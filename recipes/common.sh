@@ -3,7 +3,7 @@
 # Finds (or, on a fresh machine, creates) a Python environment with verl and this package
 # (PYTHON, else python3, else the project venv), and defines `preflight`, the CPU part of a recipe. Settings: the environment
 # variables of docs/recipe_config.md (MODEL_PATH, DATA_DIR, DATASET_ROOT, N_GPUS_PER_NODE,
-# NNODES, EXPERIMENT_NAME, LOGGER, LORA_RANK, CURRICULUM, FILTER_GROUPS, MIX, DRY_RUN, PYTHON, ...).
+# NNODES, EXPERIMENT_NAME, LOGGER, LORA_RANK, CURRICULUM, FILTER_GROUPS, THINK, MIX, DRY_RUN, PYTHON, ...).
 set -euo pipefail
 
 : "${TASK:?recipes/common.sh is sourced by a recipe that sets TASK}"

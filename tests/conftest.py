@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from qwen_fixtures import write_qwen2_5_vl_processor
+from qwen_fixtures import write_qwen2_5_vl_processor, write_tiny_qwen3_5
 
 
 @pytest.fixture(autouse=True)
@@ -90,3 +90,10 @@ def tiny_qwen2_5_vl(tmp_path_factory) -> Path:
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5(tmp_path_factory) -> Path:
+    """A random ~20M-parameter Qwen3.5 (Gated DeltaNet and full attention, 3:1) with a processor
+    (tests copy it before changing anything)."""
+    return write_tiny_qwen3_5(tmp_path_factory.mktemp("tiny_qwen3_5"))

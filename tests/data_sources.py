@@ -115,12 +115,14 @@ def rows(parquet: Path) -> list[dict]:
 def oracle_input_size(family: str, size, min_pixels=None, max_pixels=1_000_000) -> tuple[int, int]:
     """``(width, height)`` from qwen_vl_utils' own smart_resize (height-first arguments).
 
-    The default minimum is the converters': 3136, or 65536 (its processor's) for Qwen3-VL.
+    The default minimum is the converters': 3136, or 65536 (its processor's) for Qwen3-VL and
+    Qwen3.5 (same vision side: patch 16, merge 2).
     """
     from perception_r1_verl.data.qwen_vl import import_qwen_vl_utils
 
-    factor = 32 if family == "qwen3_vl" else 28
-    min_pixels = min_pixels or (65536 if family == "qwen3_vl" else 3136)
+    patch16 = family in ("qwen3_vl", "qwen3_5")
+    factor = 32 if patch16 else 28
+    min_pixels = min_pixels or (65536 if patch16 else 3136)
     h, w = import_qwen_vl_utils().smart_resize(size[1], size[0], factor, min_pixels, max_pixels)
     return w, h
 

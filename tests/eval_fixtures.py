@@ -13,6 +13,7 @@ PROMPTS = {
     "grounding": "Output the bounding box of the dog in the image.",
     "counting": "Output all the bounding boxes of the apple",
     "ocr": "OCR this image.",
+    "detection": "Output the bounding boxes of every object of these categories: cat, dog.",
 }
 
 
@@ -22,12 +23,13 @@ def png(size=(100, 100), mode="RGB") -> bytes:
     return buf.getvalue()
 
 
-def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl"):
+def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl", extra=None):
     """One contract row per ground truth; image and frame 100x100 (so boxes are pixels).
 
     ``input_size`` agrees with the ground truth's frame as the converters write it: for
     Qwen2.5-VL the frame is the input size (``frames.row_frame`` refuses rows where they
-    differ); otherwise 112x112, the resize of a 100x100 image.
+    differ); otherwise 112x112, the resize of a 100x100 image. ``extra``: per row, fields
+    that replace these in ``extra_info`` (other image sizes; None to drop one).
     """
     image = png()
     rows = []
@@ -50,6 +52,7 @@ def make_split(path, task, gts, groups=None, think=None, family="qwen2_5_vl"):
                     "input_size": input_size,
                     "model_family": family,
                     "think": bool(think and think[i]),
+                    **(extra[i] if extra else {}),
                 },
             }
         )

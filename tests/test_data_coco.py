@@ -14,8 +14,9 @@ from perception_r1_verl.data.driver import summary_path
 from perception_r1_verl.data.rules import DataError
 from perception_r1_verl.data.sample import make_sample_coco
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl")
-MIN_PIXELS = {"qwen2_5_vl": 3136, "qwen2_vl": 3136, "qwen3_vl": 65536}  # Qwen3-VL: its processor's minimum
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5")
+# Qwen3-VL, Qwen3.5: the processor's minimum
+MIN_PIXELS = {"qwen2_5_vl": 3136, "qwen2_vl": 3136, "qwen3_vl": 65536, "qwen3_5": 65536}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -25,7 +25,7 @@ def coins(tmp_path):
     return images, sha, points
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"])
 def test_parquet_table_by_sha(tmp_path, coins, family):
     images, sha, points = coins
     assert 20 <= len(points) <= 24  # scikit-image's 24 coins, as a threshold finds them

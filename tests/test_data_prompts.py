@@ -21,7 +21,7 @@ PAPER = {
 
 
 @pytest.mark.parametrize("task", list(ARGS))
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_prompts(task, family):
     text = prompt_text(task, family, **ARGS[task])
     assert text.startswith("<image>" + PAPER[task])

@@ -42,7 +42,7 @@ def _refs_from_labelme(folder: Path) -> tuple[Path, Path, dict]:
     return path, ann, coco
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"])
 def test_refer_pickle_every_family(tmp_path, family):
     refs, ann, coco = _refs_from_labelme(tmp_path)
     summary = convert_refcoco(

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from data_sources import coins_with_points, labelme_coco, tesseract_page, voc_as_coco
 from PIL import Image
-from qwen_fixtures import write_qwen2_5_vl_processor
+from qwen_fixtures import QWEN3_VL_PREPROCESSOR, write_qwen2_5_vl_processor
 
 from perception_r1_verl.data.check import inspect_parquet
 from perception_r1_verl.data.coco_det import convert_coco
@@ -79,22 +79,10 @@ def test_labelme_and_page_through_the_cli(tmp_path, qwen2_5_vl_processor_dir):
         assert (tmp_path / f"{name}.grid.png").stat().st_size > 1000
 
 
-QWEN3_VL_IMAGE_PROCESSOR = {  # Qwen3-VL's published image-processor settings
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen3VLProcessor",
-    "size": {"longest_edge": 16777216, "shortest_edge": 65536},
-    "patch_size": 16,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.5, 0.5, 0.5],
-    "image_std": [0.5, 0.5, 0.5],
-}
-
-
 def test_qwen3_vl_patch_16(tmp_path):
     """Qwen3-VL: verl resizes with factor 32 and the processor's 65536-pixel minimum holds."""
     folder = write_qwen2_5_vl_processor(tmp_path / "qwen3ish")
-    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_IMAGE_PROCESSOR))
+    (folder / "preprocessor_config.json").write_text(json.dumps(QWEN3_VL_PREPROCESSOR))
     small = tmp_path / "small"
     small.mkdir()
     Image.new("RGB", (120, 90), "white").save(small / "a.png")  # under the minimum: enlarged
@@ -106,6 +94,22 @@ def test_qwen3_vl_patch_16(tmp_path):
         report = inspect_parquet(parquet, folder, n_draw=0)
         assert report.ok, report.problems
     assert pq.read_table(small / "o.parquet").to_pylist()[0]["extra_info"]["input_size"] == [320, 224]
+
+
+@pytest.mark.parametrize("think", [False, True])
+def test_qwen3_5_rows_match_its_processor(tmp_path, tiny_qwen3_5, think):
+    """Every source converted for Qwen3.5, checked with a Qwen3.5 folder's processor (patch 16,
+    merge 2): verl's resize is the row's input_size, the image tokens fill its grid, and the
+    ground truth written as the model answers (JSON, 0-1000) scores the maximum."""
+    img, text = tesseract_page()
+    shutil.copy(img, tmp_path / "page.png")
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "page.png", "text": text}) + "\n")
+    options = ConvertOptions(progress=False, model_family="qwen3_5", think=think)
+    convert_page_ocr(tmp_path / "p.jsonl", None, tmp_path / "ocr.parquet", options)
+    for parquet in [*_all_sources(tmp_path, "qwen3_5", think=think), tmp_path / "ocr.parquet"]:
+        report = inspect_parquet(parquet, tiny_qwen3_5, n_draw=0)
+        assert report.ok, report.problems
+        assert report.checked == report.rows > 0
 
 
 def test_inspection_catches_wrong_rows(tmp_path, qwen2_5_vl_processor_dir):

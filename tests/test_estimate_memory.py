@@ -21,9 +21,33 @@ def test_doctests():
     assert doctest.testmod(em).failed == 0
 
 
-@pytest.mark.parametrize("name", sorted(em.MODELS))
+@pytest.mark.parametrize("name", sorted(em.PUBLISHED_PARAMS))
 def test_parameter_counts_match_the_model_cards(name):
     assert em.MODELS[name].params() == pytest.approx(em.PUBLISHED_PARAMS[name], rel=0.005)
+
+
+@pytest.mark.parametrize("name", [m.name for m in em.MODELS.values() if m.full_attention_interval])
+def test_qwen3_5_counts_are_those_of_the_model_transformers_builds_from_its_config(name):
+    """No exact published counts: transformers' Qwen3.5 built from the same config numbers
+    (on the meta device) is the check, every parameter, the tower's apart."""
+    import torch
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    m = em.MODELS[name]
+    text = dict(hidden_size=m.hidden, num_hidden_layers=m.layers, intermediate_size=m.intermediate,
+                num_attention_heads=m.heads, num_key_value_heads=m.kv_heads, head_dim=m.head_dim,
+                vocab_size=m.vocab, linear_num_key_heads=m.linear_k_heads, linear_num_value_heads=m.linear_v_heads,
+                linear_key_head_dim=m.linear_head_dim, linear_value_head_dim=m.linear_head_dim,
+                full_attention_interval=m.full_attention_interval, tie_word_embeddings=m.tied)  # fmt: skip
+    vision = dict(depth=m.vision_depth, hidden_size=m.vision_dim, intermediate_size=m.vision_mlp,
+                  out_hidden_size=m.hidden, num_position_embeddings=m.vision_positions, patch_size=m.patch)  # fmt: skip
+    config = Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=m.tied)
+    with torch.device("meta"):
+        model = Qwen3_5ForConditionalGeneration(config)
+    counts = {n: p.numel() for n, p in model.named_parameters()}
+    assert sum(counts.values()) == m.params()
+    assert sum(v for n, v in counts.items() if n.startswith("model.visual.")) == m.vision_params()
+    assert m.attention_layers * m.full_attention_interval == m.layers  # 3 DeltaNet layers per attention layer
 
 
 @pytest.mark.parametrize("name", sorted(em.MODELS))
@@ -44,9 +68,16 @@ def test_estimates_move_the_right_way(name):
 def test_every_table_row_fits_its_card():
     rows = em.table(gpus=8, response=2048, lora_rank=64)[2:]
     assert len(rows) == len(em.MODELS) * len(em.CARDS_GB)
+    for model, row in zip([m for m in em.MODELS.values() for _ in em.CARDS_GB], rows, strict=True):
+        assert row.startswith(f"| {model.name} |")
     for model in em.MODELS.values():
         for card in em.CARDS_GB:
-            setup, numbers = em.best(model, card, 8, 2048, 64)
+            found = em.best(model, card, 8, 2048, 64)
+            if found is None:  # the table says so: no candidate passes fit()
+                assert any(r.startswith(f"| {model.name} | {card} GB | does not fit |") for r in rows)
+                assert not any(em.fit(model, s, card, 8, 2048) for s in em.candidates(64, 8))
+                continue
+            setup, numbers = found
             assert max(numbers["update"], numbers["log_probs"]) <= em.MARGIN * card * 1e9
             assert numbers["resident"] + numbers["util"] * card * 1e9 <= card * 1e9
             assert numbers["concurrent"] >= em.MIN_CONCURRENT

@@ -143,6 +143,7 @@ def test_metrics_equal_pycocotools_on_the_same_boxes(split, tmp_path):
     data, _ = split
     samples = read_split(data)
     categories = [c["name"] for c in sorted(labelme_dataset(False)["categories"], key=lambda c: c["id"])]
+    seed_aps = []
     for seed in range(5):
         rng = np.random.default_rng(seed)
         texts, expected = [], []
@@ -152,17 +153,98 @@ def test_metrics_equal_pycocotools_on_the_same_boxes(split, tmp_path):
             expected += dets
         out = tmp_path / f"out{seed}"
         m = score(data, write_responses(tmp_path / f"r{seed}.jsonl", samples, texts), out, annotations=LABELME)
-        reference = pycocotools_stats(labelme_dataset(renumber=True), expected)
+        # The headline is the paper's convention (every box 1.0); the rank columns score by output order.
+        paper = [{**d, "score": 1.0} for d in expected]
+        reference = pycocotools_stats(labelme_dataset(renumber=True), paper)
         np.testing.assert_allclose(as_stats(m), reference, rtol=0, atol=1e-12)
+        by_rank = pycocotools_stats(labelme_dataset(renumber=True), expected)
+        np.testing.assert_allclose([m["AP_rank"], m["AP50_rank"], m["AP75_rank"]], by_rank[:3], rtol=0, atol=1e-12)
+        assert m["AP_confidence"] is None and m["n_without_confidence"] == {"no log-probabilities": 3}
         assert m["n_unknown_label"] == 3 and m["unknown_labels"] == {"zebra": 3}
         written = orjson.loads((out / "detections.json").read_bytes())
         assert len(written) == len(expected)
         for got, want in zip(written, expected):
             assert got["image_id"] == want["image_id"] and got["category_id"] == want["category_id"]
-            assert got["score"] == want["score"]
+            assert got["score"] == 1.0 and got["score_rank"] == want["score"]
             np.testing.assert_allclose(got["bbox"], want["bbox"], atol=1e-9)
         # detections.json is the file that was evaluated: pycocotools on it gives the same numbers.
         np.testing.assert_allclose(pycocotools_stats(labelme_dataset(True), written), reference, atol=1e-12)
+        seed_aps.append((m["AP"], m["AP_rank"]))
+    assert any(a != b for a, b in seed_aps)  # the conventions differ on these answers: the columns are not copies
+
+
+def answers_with_logprobs(samples, true_logprob, false_logprob):
+    """Per image: a false box first (a real label, far from its objects), then every object
+    exactly. One token per character; the characters of each item get ``true_logprob`` or
+    ``false_logprob``, the rest -0.5. Returns the response lines."""
+    lines = []
+    for s in samples:
+        fw, fh = s.ground_truth["frame"]
+        objects = s.ground_truth["objects"]
+        false = {"bbox_2d": [fw - 6, fh - 6, fw - 1, fh - 1], "label": objects[0]["label"]}
+        items = [false] + [{"bbox_2d": o["bbox_2d"], "label": o["label"]} for o in objects]
+        text = json.dumps(items)
+        logprobs, at = [-0.5] * len(text), 0
+        for n, item in enumerate(items):
+            at = text.index(json.dumps(item), at)
+            end = at + len(json.dumps(item))
+            logprobs[at:end] = [false_logprob if n == 0 else true_logprob] * (end - at)
+            at = end
+        ends = list(range(1, len(text) + 1))
+        lines.append({"index": s.extra_info["index"], "response": text, "logprobs": logprobs, "token_ends": ends})
+    return lines
+
+
+def write_lines(path, lines) -> Path:
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("split", ["qwen2_5_vl"], indirect=True)  # JSON answers with labels
+def test_token_confidence_that_ranks_true_boxes_first_raises_ap(split, tmp_path):
+    """Each image's false box comes first: by output order (paper, rank) it outranks the true
+    ones; by token probability it ranks last, and every true box precedes every false one."""
+    data, _ = split
+    samples = read_split(data)
+    lines = answers_with_logprobs(samples, true_logprob=-0.01, false_logprob=-3.0)
+    m = score(data, write_lines(tmp_path / "r.jsonl", lines), tmp_path / "o", annotations=LABELME)
+    assert m["AP50_confidence"] == 1.0 and m["AP50"] < 1.0 and m["AP50_rank"] < 1.0
+    assert m["AP_confidence"] > max(m["AP"], m["AP_rank"])
+    assert m["n_without_confidence"] == {} and not any("log-probabilities" in w for w in m["warnings"])
+    md = (tmp_path / "o" / "metrics.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| split |"))
+    assert "| AP | AP50 |" in header and "| AP_rank |" in header and "| AP_confidence |" in header
+    assert "- paper: every box 1.0" in md and "- confidence: geometric mean" in md
+    written = orjson.loads((tmp_path / "o" / "detections.json").read_bytes())
+    assert {round(d["score_confidence"], 4) for d in written} == {round(np.exp(-0.01), 4), round(np.exp(-3.0), 4)}
+
+
+@pytest.mark.parametrize("split", ["qwen2_5_vl"], indirect=True)
+def test_constant_confidence_equals_the_paper_column(split, tmp_path):
+    """Equal confidences tie like the paper's 1.0: pycocotools' stable sort keeps output order."""
+    data, _ = split
+    samples = read_split(data)
+    lines = answers_with_logprobs(samples, true_logprob=-0.2, false_logprob=-0.2)
+    for line in lines:
+        line["logprobs"] = [-0.2] * len(line["logprobs"])
+    m = score(data, write_lines(tmp_path / "r.jsonl", lines), tmp_path / "o", annotations=LABELME, report=False)
+    assert (m["AP_confidence"], m["AP50_confidence"], m["AP75_confidence"]) == (m["AP"], m["AP50"], m["AP75"])
+    assert m["AP50"] < 1.0  # a case where the order matters: a false box precedes the true ones
+
+
+@pytest.mark.parametrize("split", ["qwen2_5_vl"], indirect=True)
+def test_missing_or_mismatched_logprobs_give_the_paper_column_and_a_count(split, tmp_path):
+    data, _ = split
+    samples = read_split(data)
+    lines = answers_with_logprobs(samples, true_logprob=-0.01, false_logprob=-3.0)
+    lines[0]["token_ends"] = lines[0]["token_ends"][:-1]  # another tokenizer's offsets: they miss the end
+    lines[0]["logprobs"] = lines[0]["logprobs"][:-1]
+    del lines[1]["logprobs"]  # an older file's line
+    lines[2]["logprobs"][3] = "nan"
+    m = score(data, write_lines(tmp_path / "r.jsonl", lines), tmp_path / "o", annotations=LABELME, report=False)
+    assert m["AP_confidence"] is None and m["AP50"] < 1.0
+    assert m["n_without_confidence"] == {"log-probabilities do not match the response": 2, "no log-probabilities": 1}
+    assert any("3 answers with boxes have no usable log-probabilities" in w for w in m["warnings"])
 
 
 def test_unparsable_and_missing_responses_count_as_images_without_detections(split, tmp_path):

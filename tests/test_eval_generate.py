@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import math
 import types
 from io import BytesIO
 
@@ -74,6 +75,28 @@ def test_transformers_generation_writes_and_resumes(tiny_qwen2_5_vl, tmp_path, c
     assert len({r["response"] for r in rows}) == 1
     again = generate(tiny_qwen2_5_vl, data, out, backend="transformers", log=lambda _: None)
     assert (again["generated"], again["already_done"]) == (0, 5) and read_jsonl(out) == rows
+
+
+def test_transformers_says_why_each_answer_stopped(tiny_qwen2_5_vl, tmp_path):
+    """Noise runs to the 3-token limit ("length"); the same model whose every token is an
+    end token stops at its first one ("stop")."""
+    import shutil
+
+    data = split(tmp_path, n=2)
+    kwargs = {"backend": "transformers", "max_new_tokens": 3, "device": "cpu", "log": lambda _: None}
+    generate(tiny_qwen2_5_vl, data, tmp_path / "noise.jsonl", logprobs=True, **kwargs)
+    rows = read_jsonl(tmp_path / "noise.jsonl")
+    assert [r["finish_reason"] for r in rows] == ["length"] * 2
+    config = json.loads((tiny_qwen2_5_vl / "config.json").read_text())
+    vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
+    for r in rows:  # --logprobs: one per token of the text, normalised (a random model is near uniform)
+        assert len(r["logprobs"]) == len(r["token_ends"]) == 3 and r["token_ends"][-1] == len(r["response"])
+        assert all(abs(lp + math.log(vocab)) < 2 for lp in r["logprobs"])
+    ending = tmp_path / "ending"
+    shutil.copytree(tiny_qwen2_5_vl, ending)
+    (ending / "generation_config.json").write_text(json.dumps({"eos_token_id": list(range(vocab))}))
+    generate(ending, data, tmp_path / "ends.jsonl", **kwargs)
+    assert [r["finish_reason"] for r in read_jsonl(tmp_path / "ends.jsonl")] == ["stop"] * 2
 
 
 def test_split_for_another_frame_is_refused(tiny_qwen2_5_vl, tmp_path):
@@ -190,7 +213,7 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
 
     class SamplingParams:
         def __init__(self, **kwargs):
-            calls["sampling"] = kwargs
+            self.kwargs = kwargs
 
     class LLM:
         def __init__(self, **kwargs):
@@ -198,8 +221,12 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
 
         def generate(self, requests, params, use_tqdm):
             calls["requests"] += requests
+            calls["sampling"] = params.kwargs
+            texts = ["[1, 2, 3, 4]<|im_end|>", "[1, 2, 3"][: len(requests)]
+            reasons = ["stop", "length"][: len(requests)]
             return [
-                types.SimpleNamespace(outputs=[types.SimpleNamespace(text="[1, 2, 3, 4]<|im_end|>")]) for _ in requests
+                types.SimpleNamespace(outputs=[types.SimpleNamespace(text=text, finish_reason=reason, logprobs=None)])
+                for text, reason in zip(texts, reasons)
             ]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
@@ -215,7 +242,11 @@ def test_vllm_engine_plumbing_with_a_stand_in(tiny_qwen2_5_vl, tmp_path, monkeyp
         "Output the bounding box of the dog in the image.<|im_end|>\n<|im_start|>assistant\n"
     )
     assert [im.size for im in request["multi_modal_data"]["image"]] == [(112, 112)]
-    assert [r["response"] for r in read_jsonl(out)] == ["[1, 2, 3, 4]"] * 3
+    rows = read_jsonl(out)
+    assert [r["response"] for r in rows] == ["[1, 2, 3, 4]", "[1, 2, 3", "[1, 2, 3, 4]"]
+    assert [r["finish_reason"] for r in rows] == ["stop", "length", "stop"]  # vLLM's own, as it said
+    generate(tiny_qwen2_5_vl, split(tmp_path, n=1), tmp_path / "lp.jsonl", logprobs=True, log=lambda _: None)
+    assert calls["sampling"] == {"temperature": 0.0, "max_tokens": 2048, "skip_special_tokens": False, "logprobs": 0}
 
 
 def test_generate_then_score_end_to_end_on_real_photos(tiny_qwen2_5_vl, tmp_path):

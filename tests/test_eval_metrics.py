@@ -156,6 +156,28 @@ def test_responses_file_problems_are_counted(tmp_path):
     assert any("not in the split" in w for w in m["warnings"])
 
 
+def test_length_cuts_are_counted_and_marked(tmp_path):
+    """``finish_reason`` "length" counts in n_hit_length even when the text looks whole;
+    files from before the field (or with junk in it) count as unknown, never crash."""
+    data = make_split(tmp_path / "g.parquet", "grounding", [{"bbox_2d": [0, 0, 10, 10], "frame": [100, 100]}] * 5)
+    path = tmp_path / "r.jsonl"
+    lines = [
+        {"index": 0, "response": "[0, 0, 10, 10]", "finish_reason": "length"},  # whole text, engine cut
+        {"index": 1, "response": '[{"bbox_2d": [0, 0, 10, 10]}, {"bbox_2d": [1,', "finish_reason": "length"},
+        {"index": 2, "response": "[0, 0, 10, 10]", "finish_reason": "stop"},
+        {"index": 3, "response": "[0, 0, 10, 10]"},  # an older file's line
+        {"index": 4, "response": "[0, 0, 10, 10]", "finish_reason": {"x": 1}},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    m = score(data, path, tmp_path / "out", top_k=5)
+    assert (m["n_truncated"], m["n_hit_length"], m["n_finish_unknown"]) == (1, 2, 2)
+    records = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert [r["finish_reason"] for r in records] == ["length", "length", "stop", None, None]
+    assert "n_hit_length 2, n_finish_unknown 2" in (tmp_path / "out" / "metrics.md").read_text()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("CUT AT max_new_tokens") == 2 * 2  # both cut rows, in the best and the worst five
+
+
 def test_mixed_tasks_are_refused(tmp_path):
     make_split(tmp_path / "a.parquet", "ocr", [{"text": "x"}])
     rows = pq.read_table(tmp_path / "a.parquet").to_pylist()

@@ -213,6 +213,13 @@ def test_suite_table_resume_and_missing(setup, tmp_path, counted, capsys):
     acc = format_value("Acc@0.5", rows[("refcoco+", "testA", "Acc@0.5")]["value"])
     assert f"| RefCOCO+ | testA | Acc@0.5 | 2 | {acc} | 82.5 | 86.8 |" in md
     assert "| RefCOCOg | test | Acc@0.5 | - | missing | 83.1 | 85.4 |" in md
+    # COCO's AP in three labelled columns, the paper's convention first; its responses carry log-probs.
+    assert "| n | this model (paper: every box 1.0) | rank scoring | token confidence | paper baseline |" in md
+    coco = json.loads((out / "coco" / "val2017" / "metrics.json").read_text())
+    assert rows[("coco", "val2017", "AP50")]["value_rank"] == coco["AP50_rank"]
+    assert rows[("coco", "val2017", "AP50")]["value_confidence"] == coco["AP50_confidence"]
+    first = json.loads((out / "coco" / "val2017" / "responses.jsonl").read_text().splitlines()[0])
+    assert "token_ends" in first or "logprobs_error" in first
     assert "| PageOCR | en | edit_distance (lower is better) | 2 |" in md and "| 8.0 | 3.5 |" in md
     assert "not comparable with the paper" in md  # --limit
     assert "- refcocog/val: missing: not found: " in md and "refs(umd).p" in md
@@ -302,11 +309,11 @@ def test_interrupted_generation_resumes_with_only_the_missing_rows(setup, tmp_pa
     calls = {"n": 0, "stop_at": 4}  # batch size 1: val's 2 rows, testA's first, then stop
     real = gen.TransformersEngine.generate
 
-    def interruptible(self, prompts, images):
+    def interruptible(self, prompts, images, logprobs=False):
         calls["n"] += 1
         if calls["n"] == calls["stop_at"]:
             raise KeyboardInterrupt
-        return real(self, prompts, images)
+        return real(self, prompts, images, logprobs)
 
     monkeypatch.setattr(gen.TransformersEngine, "generate", interruptible)
     out = tmp_path / "suite"

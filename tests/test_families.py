@@ -30,8 +30,9 @@ def model_folder(tmp_path, name: str, model_type: str | None):
 
 @pytest.mark.parametrize(
     ("model_type", "expected"),
-    [("qwen2_vl", "qwen2_vl"), ("qwen2_5_vl", "qwen2_5_vl"), ("qwen3_vl", "qwen3_vl"), ("qwen3_vl_moe", "qwen3_vl")],
-)
+    [("qwen2_vl", "qwen2_vl"), ("qwen2_5_vl", "qwen2_5_vl"), ("qwen3_vl", "qwen3_vl"), ("qwen3_vl_moe", "qwen3_vl"),
+     ("qwen3_5", "qwen3_5"), ("qwen3_5_moe", "qwen3_5")],
+)  # fmt: skip
 def test_a_local_model_is_read_by_its_config_not_its_folder_name(tmp_path, model_type, expected):
     # A checkpoint folder named after another family: the config decides.
     assert family_of_model(model_folder(tmp_path, "Qwen2-VL-like/step_100", model_type)) == expected
@@ -45,7 +46,19 @@ def test_a_local_model_without_a_known_model_type_is_an_error(tmp_path, model_ty
         family_of_model(model_folder(tmp_path, "step_100", model_type))
 
 
-@pytest.mark.parametrize("name", ["/ckpt/step_100", "Qwen/Qwen3.5-2B", "llava-hf/llava-1.5-7b-hf"])
+# Qwen3.5's hub names (huggingface.co/Qwen: no "-Instruct"; "-Base" for base models; MoE as
+# total-active), and Qwen3-VL's beside them: each spells its own family.
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("Qwen/Qwen3.5-0.8B", "qwen3_5"), ("Qwen/Qwen3.5-2B", "qwen3_5"), ("Qwen/Qwen3.5-4B-Base", "qwen3_5"),
+     ("Qwen/Qwen3.5-9B", "qwen3_5"), ("Qwen/Qwen3.5-35B-A3B", "qwen3_5"), ("org/qwen3_5-2b-sft", "qwen3_5"),
+     ("Qwen/Qwen3-VL-4B-Instruct", "qwen3_vl"), ("Qwen/Qwen2.5-VL-3B-Instruct", "qwen2_5_vl")],
+)  # fmt: skip
+def test_hub_names_spell_their_family(name, expected):
+    assert family_of_model(name) == expected
+
+
+@pytest.mark.parametrize("name", ["/ckpt/step_100", "Qwen/Qwen3-8B", "llava-hf/llava-1.5-7b-hf"])
 def test_a_hub_name_of_no_known_family_is_an_error(name):
     with pytest.raises(ValueError, match="spells no known model family"):
         family_of_model(name)
@@ -64,7 +77,7 @@ def test_the_recipe_stops_and_asks_for_model_family_instead_of_the_tasks_default
 
 
 def test_the_recipe_preflight_and_prep_stop_with_the_reason(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "MODEL_PATH": "Qwen/Qwen3.5-2B", "HF_HUB_OFFLINE": "1"}
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tmp_path), "MODEL_PATH": "Qwen/Qwen3-8B", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "perception_r1_verl.recipe", "refcoco", "--config-dir", str(CONFIG_DIR)],
         env=env,

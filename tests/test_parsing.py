@@ -112,7 +112,7 @@ def test_empty_list_is_an_answer():
     assert a.parsed and a.n_items == 0 and not a.truncated
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 @pytest.mark.parametrize("think", [False, True])
 def test_render_parse_round_trip(family, think):
     gt = {

@@ -123,7 +123,7 @@ def test_reward_pays_the_human_reading(case):
         assert s["format"] < 1.0, f"{case['id']}: a repaired answer is still not well formed"
 
 
-@pytest.mark.parametrize("family", [None, "qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", [None, "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"])
 def test_reward_stays_in_range_for_every_family(family):
     """Whatever style a family is prompted for, real completions score finitely within the task's range."""
     for case in CASES:

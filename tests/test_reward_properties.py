@@ -20,7 +20,7 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-FAMILIES = st.sampled_from(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", None])
+FAMILIES = st.sampled_from(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", None])
 LABELS = st.sampled_from(["cat", "dog", "traffic light", "Cat", "", "unknown thing"])
 NUMBERS = st.one_of(
     st.integers(-(10**6), 10**6),
@@ -106,7 +106,7 @@ def test_never_raises_finite_bounded_deterministic(case, completion, family, thi
 
 
 @SETTINGS
-@given(task_cases(), st.sampled_from(["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]), st.booleans())
+@given(task_cases(), st.sampled_from(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]), st.booleans())
 def test_exact_answer_scores_the_maximum(case, family, think):
     task, gt = case
     assert _score(task, render_answer(task, gt, family, think), gt, family, think)["score"] == max_score(task)

@@ -33,7 +33,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-pixels",
         type=int,
-        help=f"default {frames.DEFAULT_MIN_PIXELS}, {family('qwen3_vl').min_pixels} for qwen3_vl (its processor's minimum)",
+        help=f"default {frames.DEFAULT_MIN_PIXELS}, {family('qwen3_vl').min_pixels} for qwen3_vl and qwen3_5 (their processor's minimum)",
     )
     parser.add_argument("--max-pixels", type=int, default=frames.DEFAULT_MAX_PIXELS)
     parser.add_argument("--think", action="store_true", help="ask for <think>...</think><answer>...</answer>")

@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="responses jsonl (appended; existing indices are skipped)")
     _engine_args(gen)
     gen.add_argument("--limit", type=int, default=None, help="generate at most this many rows in this call")
+    gen.add_argument(
+        "--logprobs",
+        action="store_true",
+        help="also write each generated token's log-probability and offset (box confidence for score's AP)",
+    )
 
     sc = sub.add_parser("score", help="metrics, tables and report for a responses jsonl")
     sc.add_argument("--data", required=True, help="parquet split the responses answer")
@@ -180,7 +185,9 @@ def _run(args) -> int:
     if args.command == "generate":
         from .generate import generate
 
-        stats = generate(args.model, args.data, args.out, limit=args.limit, log=_log, **_engine_kwargs(args))
+        stats = generate(
+            args.model, args.data, args.out, limit=args.limit, logprobs=args.logprobs, log=_log, **_engine_kwargs(args)
+        )
         print(
             f"{stats['generated']} generated ({stats['backend']}), {stats['already_done']} already done, "
             f"{stats['rows']} rows in the split -> {args.out}"

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..parsing import Answer, bare_count
 from .drawing import GT_COLOR, draw_points
+from .frame_check import counting_fit
 from .metric import BoxMetric
 from .registry import register
 
@@ -49,6 +50,7 @@ class CountingMetric(BoxMetric):
 
     sample = staticmethod(sample_counting)
     summarize = staticmethod(summarize_counting)
+    frame_fit = staticmethod(counting_fit)
 
     def n_truth(self, gt):
         return int(gt.get("count", len(gt.get("points") or [])))

@@ -71,12 +71,13 @@ def read_split(path: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def read_responses(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, int]]:
+def read_responses(path: str | os.PathLike, extras: dict | None = None) -> tuple[dict[str, str], dict[str, int]]:
     """``{index: response}`` from a jsonl, and counts of the lines that were not used.
 
     A line cut off by an interrupted writer or otherwise unreadable is counted in
     ``bad_lines``; a repeated index keeps its first response and is counted in
-    ``duplicates``. A missing file raises.
+    ``duplicates``. A missing file raises. ``extras``, when given, receives each kept
+    line's other fields (``finish_reason``, ``logprobs``), by index.
     """
     responses: dict[str, str] = {}
     stats = {"bad_lines": 0, "duplicates": 0}
@@ -94,6 +95,8 @@ def read_responses(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, i
                 stats["duplicates"] += 1
             else:
                 responses[index] = response if isinstance(response, str) else ""
+                if extras is not None:
+                    extras[index] = {k: v for k, v in obj.items() if k not in ("index", "response")}
     return responses, stats
 
 

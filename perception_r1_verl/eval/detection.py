@@ -14,10 +14,14 @@ What happens to each row of the split:
   labels (``labels.normalise_label``: case, width and spacing ignored). Boxes with an
   unknown or missing label are counted (``n_unknown_label``) and left out: they cannot
   be a true positive of any category.
-- Its score is ``1 / (1 + rank)``, ``rank`` being the box's position among the answer's
-  well-formed boxes: the answers carry no confidence, so the model's own output order
-  ranks its boxes, and first boxes of all images tie. Ties are broken as pycocotools does,
-  deterministically (stable sort by image id, then category).
+- Its score, under three conventions evaluated side by side (``CONVENTIONS``): **paper**
+  (every box 1.0, as the paper's released evaluation: ``AP``, ``AP50``, ... are these, the
+  numbers comparable with its table), **rank** (``1 / (1 + rank)`` by output order:
+  ``AP_rank``, ...) and **confidence** (the probability of the tokens that spell the box,
+  :mod:`.confidence`, when the responses hold ``generate --logprobs``: ``AP_confidence``,
+  ...). pycocotools sorts detections by score with a stable mergesort (cocoeval.py,
+  ``evaluateImg`` and ``accumulate``), so tied scores keep detection order: images in id
+  order, each answer's boxes in output order.
 - An unparsable, empty or missing response is an image with no detections: it still
   counts, with all its ground truth missed.
 
@@ -41,11 +45,21 @@ import orjson
 from ..frames import row_frame, to_pixels
 from ..labels import normalise_label
 from ..parsing import Answer
+from .confidence import box_confidences
 from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
+from .frame_check import detection_fit
 from .metric import Metric, Scored
 from .registry import register
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+CONVENTIONS = {
+    "paper": "every box 1.0, as the paper's released evaluation; pycocotools' stable sort keeps ties "
+    "in detection order (images by id, boxes in output order)",
+    "rank": "1/(1+rank) by output order of the well-formed boxes (columns *_rank)",
+    "confidence": "geometric mean probability of the tokens spelling the box's coordinates and label, "
+    "from generate --logprobs (columns *_confidence)",
+}
+SIDE_STATS = ("AP", "AP50", "AP75")  # what the rank and confidence columns report
 
 
 def _quiet():
@@ -222,7 +236,8 @@ def from_split(samples) -> GroundTruth:
 
 
 def detections_of(sample, answer: Answer, gt: GroundTruth) -> tuple[list[dict], list[str]]:
-    """COCO result dicts for one answer, and the labels that matched no category."""
+    """COCO result dicts for one answer (score 1.0, the paper's; ``rank``: the box's place
+    among the answer's well-formed boxes), and the labels that matched no category."""
     image_id = gt.image_of[sample.index]
     labels = answer.labels or [None] * len(answer.boxes)
     dets, unknown = [], []
@@ -233,7 +248,7 @@ def detections_of(sample, answer: Answer, gt: GroundTruth) -> tuple[list[dict], 
             continue
         x1, y1, x2, y2 = _to_original(box, sample)
         dets.append(
-            {"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": box_score(rank)}
+            {"image_id": image_id, "category_id": cat, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0, "rank": rank}
         )
     return dets, unknown
 
@@ -311,26 +326,71 @@ def f1(tp: int, fp: int, fn: int) -> float:
     return 2 * tp / total if total else 1.0
 
 
+def rescored(detections: list[dict], scores: list[float]) -> list[dict]:
+    """Copies of ``detections`` with other scores, for ``loadRes`` (which adds keys)."""
+    return [{**d, "score": v} for d, v in zip(detections, scores, strict=True)]
+
+
+def side_metrics(values: dict, suffix: str) -> dict:
+    """``SIDE_STATS`` of one convention's COCO metrics, named ``AP_<suffix>``, ...
+
+    >>> side_metrics({"AP": 0.5, "AP50": 0.7, "AP75": 0.4, "AR1": 0.2}, "rank")
+    {'AP_rank': 0.5, 'AP50_rank': 0.7, 'AP75_rank': 0.4}
+    """
+    return {f"{k}_{suffix}": values[k] if values else None for k in SIDE_STATS}
+
+
+def confidences_of(samples, answers, options) -> tuple[dict, Counter]:
+    """``{index: [confidence per well-formed box]}`` of the answers with boxes, and why the
+    others have none (reason -> count)."""
+    got, missing = {}, Counter()
+    for s, a in zip(samples, answers, strict=True):
+        if not len(a.boxes):
+            continue
+        result = box_confidences(a, options.responses.get(s.index, ""), options.extras.get(s.index))
+        if isinstance(result, str):
+            missing[result] += 1
+        else:
+            got[s.index] = result
+    return got, missing
+
+
 @register("detection")
 class DetectionMetric(Metric):
     """COCO evaluation of the whole split at once; a case's ``score`` is its image's F1."""
 
     boxes = True
     case_fields = ("tp", "fp", "fn", "n_pred")
+    frame_fit = staticmethod(detection_fit)
 
     def evaluate(self, samples, answers, metrics, options):
         annotations = options.annotations
         gt = from_annotations(annotations, samples) if annotations is not None else from_split(samples)
-        detections, unknown, per_sample = [], Counter(), []
+        confidences, no_confidence = confidences_of(samples, answers, options)
+        detections, unknown, per_sample, conf = [], Counter(), [], []
         for s, a in zip(samples, answers, strict=True):
             dets, bad = detections_of(s, a, gt)
             detections.extend(dets)
             unknown.update(str(label) for label in bad)
             per_sample.append(len(dets))
-        # detections.json is exactly what was evaluated: copy before loadRes adds its keys.
-        written = [dict(d) for d in detections]
+            conf += [confidences[s.index][d["rank"]] for d in dets] if s.index in confidences else [None] * len(dets)
+        rank_scores = [box_score(d["rank"]) for d in detections]
+        # detections.json is exactly what was evaluated (score: the paper's 1.0), with the
+        # other conventions' scores beside it.
+        written = [{**d, "score_rank": r, "score_confidence": c} for d, r, c in zip(detections, rank_scores, conf)]
         values, summary, evaluator = coco_evaluate(gt.coco, detections, gt.image_of.values())
         counts = per_image_f1(evaluator)
+        ranked = coco_evaluate(gt.coco, rescored(detections, rank_scores), gt.image_of.values())[0]
+        notes = list(gt.notes)
+        usable = not no_confidence and all(c is not None for c in conf)
+        by_confidence = coco_evaluate(gt.coco, rescored(detections, conf), gt.image_of.values())[0] if usable else None
+        if no_confidence:
+            reasons = ", ".join(f"{n} {why}" for why, n in no_confidence.most_common())
+            notes.append(
+                f"{sum(no_confidence.values())} answers with boxes have no usable log-probabilities ({reasons}): "
+                "the confidence columns are not computed (generate --logprobs writes them); the paper "
+                "columns are unaffected"
+            )
         records = []
         for s, n_det in zip(samples, per_sample, strict=True):
             tp, fp, fn = counts[gt.image_of[s.index]]
@@ -347,17 +407,20 @@ class DetectionMetric(Metric):
                 }
             )
         metrics.update(values)
+        metrics.update(side_metrics(ranked, "rank"))
+        metrics.update(side_metrics(by_confidence, "confidence"))
         metrics.update(
             {
                 "n_images": len(gt.image_of),
                 "n_detections": len(written),
                 "n_unknown_label": sum(unknown.values()),
                 "unknown_labels": dict(unknown.most_common(10)),
-                "score_rule": "1/(1+rank) by output order of the well-formed boxes",
+                "score_conventions": CONVENTIONS,
+                "n_without_confidence": dict(no_confidence),
                 "ground_truth": gt.source,
             }
         )
-        return Scored(self.task, metrics, records, written, summary, gt, list(gt.notes))
+        return Scored(self.task, metrics, records, written, summary, gt, notes)
 
     def n_truth(self, gt):
         return len(gt.get("objects") or [])
@@ -384,9 +447,19 @@ class DetectionMetric(Metric):
             [xyxy(d["bbox"]) for d in dets],
             PRED_COLOR,
             width,
-            [f"{names[d['category_id']]} {d['score']:.2f}" for d in dets],
+            [f"{names[d['category_id']]} {_shown_score(d)}" for d in dets],
             bottom=True,
         )
 
     def case_note(self, sample, record, response):
         return ""  # the drawn detections are the answer
+
+
+def _shown_score(det: dict) -> str:
+    """A drawn detection's label suffix: its token confidence, else its output rank.
+
+    >>> _shown_score({"rank": 1, "score_confidence": 0.875}), _shown_score({"rank": 1, "score_confidence": None})
+    ('p=0.88', '#2')
+    """
+    c = det.get("score_confidence")
+    return f"p={c:.2f}" if c is not None else f"#{det['rank'] + 1}"

@@ -8,8 +8,18 @@ Qwen-VL rule (``frames.smart_resize``, factor = patch size x merge size, the row
 resized size differs from its ``extra_info.input_size`` stops the run: the model would
 answer in another frame than the ground truth (a split prepared for another family).
 
-Output: one ``{"index": ..., "response": ...}`` line per row, appended and flushed after
-each batch. Rows whose index is already in the file are skipped, so a rerun resumes an
+Output: one ``{"index": ..., "response": ..., "finish_reason": ...}`` line per row,
+appended and flushed after each batch. ``finish_reason`` is ``"length"`` when the answer
+ran to ``max_new_tokens`` without ending (vLLM's own ``finish_reason``; transformers: no
+end token among the generated ids and as many of them as the limit allowed), else
+``"stop"``.
+
+With ``logprobs=True`` (``--logprobs``) each line also holds ``logprobs``, the
+log-probability of every generated token of ``response`` (4 decimals), and
+``token_ends``, the character offset in ``response`` where each token ends, so ``score``
+can find the tokens that spell each box. When the tokens' own texts do not spell the
+response (a character split across tokens), the line says so in ``logprobs_error``
+instead: no offsets are better than wrong ones. Rows whose index is already in the file are skipped, so a rerun resumes an
 interrupted one; a last line cut off by the interruption is dropped first. Special tokens
 such as ``<|box_start|>`` are kept (Qwen2-VL's labels live in them); only the
 end-of-sequence markers are removed.
@@ -30,6 +40,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ..data.images import to_rgb
+from ..families import chat_template_kwargs
 from ..frames import smart_resize
 from ..outputs import check_output
 from ..parsing import END_TOKENS
@@ -155,12 +166,64 @@ def _completed(out_path: Path) -> set[str]:
     return set(read_responses(out_path)[0])
 
 
+def finish_reason(ids, end_ids, max_new_tokens: int) -> str:
+    """Why a transformers generation stopped: ``"length"`` when it holds no end token and
+    used every new token allowed; else ``"stop"`` (padding after an end token is that end).
+
+    >>> finish_reason([5, 6, 2, 0], {2}, 4), finish_reason([5, 6, 7, 8], {2}, 4)
+    ('stop', 'length')
+    """
+    if any(t in end_ids for t in ids):
+        return "stop"
+    return "length" if len(ids) >= max_new_tokens else "stop"
+
+
+def end_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a generation: the model's ``eos_token_id`` (int or list) and END_TOKENS."""
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    ids |= {
+        i for i in tokenizer.convert_tokens_to_ids(list(END_TOKENS)) if i is not None and i != tokenizer.unk_token_id
+    }
+    return ids
+
+
+def align_tokens(pieces: list[str], logprobs: list[float], text: str) -> dict:
+    """The ``logprobs`` / ``token_ends`` of the tokens that spell ``text`` (the response
+    without its end markers), from each generated token's text and log-probability.
+
+    >>> align_tokens(["[1", ", 2", "]", "<|im_end|>"], [-0.1, -0.25, -0.0, -0.5], "[1, 2]")
+    {'logprobs': [-0.1, -0.25, -0.0], 'token_ends': [2, 5, 6]}
+    >>> align_tokens(["\ufffd", "\ufffd"], [-1.0, -1.0], "\u4e2d")
+    {'logprobs_error': 'the tokens do not spell the response'}
+    """
+    logps, ends, end = [], [], 0
+    for piece, lp in zip(pieces, logprobs, strict=True):
+        if end >= len(text):
+            break
+        if not isinstance(piece, str) or text[end : end + len(piece)] != piece:
+            return {"logprobs_error": "the tokens do not spell the response"}
+        end += len(piece)
+        logps.append(round(float(lp), 4))
+        ends.append(end)
+    if end != len(text):
+        return {"logprobs_error": "the tokens do not spell the response"}
+    return {"logprobs": logps, "token_ends": ends}
+
+
 class TransformersEngine:
     """Batched greedy ``generate`` with transformers (CPU or one GPU)."""
 
     name = "transformers"
 
-    def __init__(self, model_dir, processor, max_new_tokens: int, dtype: str = "auto", device: str | None = None):
+    def __init__(
+        self,
+        model_dir,
+        processor,
+        max_new_tokens: int,
+        dtype: str = "auto",
+        device: str | None = None,
+    ):
         import torch
         from transformers import AutoModelForImageTextToText
 
@@ -170,18 +233,39 @@ class TransformersEngine:
         self.processor = processor
         self.processor.tokenizer.padding_side = "left"  # generation continues on the right
         self.max_new_tokens = max_new_tokens
+        self.end_ids = end_token_ids(self.model, processor.tokenizer)
 
-    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
+    def generate(self, prompts: list[str], images: list[list[Image.Image]], logprobs: bool = False) -> list[dict]:
         flat = [im for ims in images for im in ims] or None
         inputs = self.processor(text=prompts, images=flat, padding=True, return_tensors="pt").to(self.device)
         with self.torch.inference_mode():
             # repetition_penalty=1: plain greedy, as vLLM and verl's validation decode (Qwen2.5-VL's
             # generation_config would otherwise add 1.05).
             out = self.model.generate(
-                **inputs, do_sample=False, repetition_penalty=1.0, max_new_tokens=self.max_new_tokens
+                **inputs,
+                do_sample=False,
+                repetition_penalty=1.0,
+                max_new_tokens=self.max_new_tokens,
+                return_dict_in_generate=True,
+                output_scores=logprobs,
             )
-        new = out[:, inputs["input_ids"].shape[1] :]
-        return [strip_eos(t) for t in self.processor.batch_decode(new, skip_special_tokens=False)]
+            # normalize_logits: the scores are logits; log_softmax makes them log-probabilities
+            # of the chosen tokens (transformers generation/utils.py compute_transition_scores).
+            scores = (
+                self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True).tolist()
+                if logprobs
+                else None
+            )
+        new = out.sequences[:, inputs["input_ids"].shape[1] :].tolist()
+        texts = self.processor.batch_decode(new, skip_special_tokens=False)
+        rows = []
+        for n, (text, ids) in enumerate(zip(texts, new, strict=True)):
+            row = {"response": strip_eos(text), "finish_reason": finish_reason(ids, self.end_ids, self.max_new_tokens)}
+            if scores is not None:
+                pieces = [self.processor.tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+                row.update(align_tokens(pieces, scores[n], row["response"]))
+            rows.append(row)
+        return rows
 
 
 class VLLMEngine:
@@ -209,14 +293,30 @@ class VLLMEngine:
             seed=0,
         )
         self.params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False)
+        # logprobs=0: the sampled token's log-probability alone (vllm/sampling_params.py).
+        self.with_logprobs = SamplingParams(
+            temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=False, logprobs=0
+        )
 
-    def generate(self, prompts: list[str], images: list[list[Image.Image]]) -> list[str]:
+    def generate(self, prompts: list[str], images: list[list[Image.Image]], logprobs: bool = False) -> list[dict]:
         requests = [
             {"prompt": p, "multi_modal_data": {"image": ims}} if ims else {"prompt": p}
             for p, ims in zip(prompts, images, strict=True)
         ]
-        outputs = self.llm.generate(requests, self.params, use_tqdm=False)
-        return [strip_eos(o.outputs[0].text) for o in outputs]
+        outputs = self.llm.generate(requests, self.with_logprobs if logprobs else self.params, use_tqdm=False)
+        # vllm/outputs.py CompletionOutput.finish_reason; vllm/v1/engine/__init__.py
+        # FINISH_REASON_STRINGS: "length" = max_tokens consumed or max_model_len reached.
+        return [self._row(o.outputs[0]) for o in outputs]
+
+    @staticmethod
+    def _row(completion) -> dict:
+        row = {"response": strip_eos(completion.text), "finish_reason": completion.finish_reason}
+        if completion.logprobs is not None:
+            # One {token_id: Logprob(logprob, rank, decoded_token)} per generated token
+            # (vllm/logprobs.py); with logprobs=0 it holds the sampled token.
+            chosen = [pos[t] for t, pos in zip(completion.token_ids, completion.logprobs, strict=True)]
+            row.update(align_tokens([c.decoded_token for c in chosen], [c.logprob for c in chosen], row["response"]))
+        return row
 
 
 def vllm_available() -> bool:
@@ -245,7 +345,11 @@ def prepare(prompt, cells, extra_info, processor, factor: int) -> tuple[str, lis
             f"the split expects {tuple(expected)} (model_family {extra_info.get('model_family')!r}); "
             "prepare the split for this model family"
         )
-    text = processor.apply_chat_template(build_messages(prompt, images), add_generation_prompt=True, tokenize=False)
+    # As the recipes tell verl (data.apply_chat_template_kwargs): Qwen3.5's template thinks or not as the row asks.
+    family_name = extra_info.get("model_family")
+    switches = chat_template_kwargs(family_name, bool(extra_info.get("think"))) if family_name else {}
+    messages = build_messages(prompt, images)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **switches)
     return text, images
 
 
@@ -264,6 +368,7 @@ def generate(
     limit: int | None = None,
     dtype: str = "auto",
     device: str | None = None,
+    logprobs: bool = False,
     engines: dict | None = None,
     log=print,
 ) -> dict:
@@ -273,7 +378,8 @@ def generate(
     ``limit`` caps the rows generated by this call (for smoke runs); ``max_images`` is the
     most images one row holds (vLLM reserves memory for them). ``engines``: a dict the
     caller keeps across calls, so several splits load the model once (vLLM does not promise
-    a second engine in one process the GPU memory of the first).
+    a second engine in one process the GPU memory of the first). ``logprobs``: also write
+    each token's log-probability and character offset (box confidences for ``score``).
     """
     from ..data.qwen_vl import load_processor
     from .dataset import read_split
@@ -313,10 +419,8 @@ def generate(
     with open(out, "ab") as f:
 
         def flush():
-            responses = engine.generate([b[1] for b in batch], [b[2] for b in batch])
-            lines = (
-                orjson.dumps({"index": b[0], "response": r}) + b"\n" for b, r in zip(batch, responses, strict=True)
-            )
+            responses = engine.generate([b[1] for b in batch], [b[2] for b in batch], logprobs)
+            lines = (orjson.dumps({"index": b[0], **r}) + b"\n" for b, r in zip(batch, responses, strict=True))
             f.write(b"".join(lines))
             f.flush()
             os.fsync(f.fileno())

@@ -15,6 +15,7 @@ from ..boxes import iou
 from ..frames import clip_box
 from ..parsing import Answer
 from .drawing import GT_COLOR, PRED_COLOR, draw_boxes
+from .frame_check import grounding_fit
 from .metric import BoxMetric
 from .registry import register
 
@@ -60,6 +61,7 @@ class GroundingMetric(BoxMetric):
 
     sample = staticmethod(sample_grounding)
     summarize = staticmethod(summarize_grounding)
+    frame_fit = staticmethod(grounding_fit)
 
     def n_truth(self, gt):
         return 1

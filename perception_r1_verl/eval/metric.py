@@ -38,6 +38,8 @@ class ScoreOptions:
 
     annotations: object = None  # detection: a COCO instances.json (path or dict), else the split's
     zh_tokenizer: str = "auto"  # ocr: how Chinese is tokenised
+    responses: dict = field(default_factory=dict)  # {index: response text}
+    extras: dict = field(default_factory=dict)  # {index: the line's other fields}: finish_reason, logprobs
 
 
 class Metric:
@@ -52,6 +54,9 @@ class Metric:
     task: ClassVar[str]
     boxes: ClassVar[bool] = False  # answers are boxes/points: "unparsable" counted, drawn on the image
     case_fields: ClassVar[tuple[str, ...]] = ()  # record fields in the header of a report case
+    # fit(boxes, gt) of answer boxes in the row's frame, for the frame diagnosis (frame_check);
+    # None: the task's answers are not boxes in a frame.
+    frame_fit: ClassVar = None
 
     def sample(self, answer: Answer, gt: dict) -> dict:
         raise NotImplementedError(f"{type(self).__name__} needs sample() or its own evaluate()")

@@ -48,6 +48,8 @@ def _meta(task: str, record: dict) -> str:
         f"{k} {record[k]:.3f}" if isinstance(record[k], float) else f"{k} {record[k]}"
         for k in get_metric(task).case_fields
     ]
+    if record.get("finish_reason") == "length":
+        fields.append("CUT AT max_new_tokens")
     return html.escape(" | ".join(fields))
 
 
@@ -74,7 +76,8 @@ def write_report(out_dir, data, samples, scored, responses: dict | None = None, 
     values = ", ".join(f"{n} {format_value(n, scored.metrics[n])}" for n in metric_names(scored.metrics))
     body = [
         f"<h1>{html.escape(scored.task)}: {html.escape(Path(data).name)}</h1>",
-        f"<p>{scored.metrics['n_samples']} samples: {html.escape(values)} (% except MAE)</p>",
+        f"<p>{scored.metrics['n_samples']} samples: {html.escape(values)} (% except MAE); "
+        f"{scored.metrics.get('n_hit_length', 0)} answers cut at max_new_tokens (marked)</p>",
         legend,
     ]
     for title, picks in (("Best", best), ("Worst", worst)):

@@ -17,6 +17,7 @@ import orjson
 
 from ..parsing import parse_answer
 from .dataset import Sample, read_responses, read_split
+from .frame_check import diagnose, diagnosis_line
 from .metric import Scored, ScoreOptions, format_value, metric_names
 from .metrics import get_metric
 from .report import write_report
@@ -31,8 +32,20 @@ def _single_task(samples: list[Sample]) -> str:
     return next(iter(tasks))
 
 
-def _answer_counts(answers, samples, responses, boxes: bool) -> dict:
+def finish_of(extra: dict | None) -> str | None:
+    """A response's ``finish_reason`` as written by ``generate``; None when unknown
+    (older files, other writers, anything but a short string).
+
+    >>> finish_of({"finish_reason": "length"}), finish_of({}), finish_of({"finish_reason": [1]})
+    ('length', None, None)
+    """
+    reason = (extra or {}).get("finish_reason")
+    return reason if isinstance(reason, str) and len(reason) <= 32 else None
+
+
+def _answer_counts(answers, samples, responses, boxes: bool, extras: dict) -> dict:
     missing = sum(s.index not in responses for s in samples)
+    finishes = [finish_of(extras.get(s.index)) for s in samples if s.index in responses]
     return {
         "n_samples": len(samples),
         "n_missing": missing,
@@ -41,21 +54,40 @@ def _answer_counts(answers, samples, responses, boxes: bool) -> dict:
         "n_unparsable": sum(not a.parsed for a in answers) - missing if boxes else 0,
         "n_empty": sum(not a.text for a in answers) - missing,
         "n_truncated": sum(a.truncated for a in answers),
+        # Cut by the engine at max_new_tokens (vLLM's finish_reason, transformers' missing
+        # end token); n_truncated only sees the text's shape.
+        "n_hit_length": finishes.count("length"),
+        "n_finish_unknown": finishes.count(None),
     }
 
 
 def score_samples(
-    samples: list[Sample], responses: dict[str, str], *, annotations=None, zh_tokenizer: str = "auto"
+    samples: list[Sample],
+    responses: dict[str, str],
+    *,
+    annotations=None,
+    zh_tokenizer: str = "auto",
+    extras: dict | None = None,
 ) -> Scored:
     """Score parsed samples against ``{index: response}`` with the task's registered
-    metric; pure apart from reading ``annotations``."""
+    metric; pure apart from reading ``annotations``. ``extras``: each response's other
+    fields by index (``read_responses``), e.g. its ``finish_reason``."""
     if not samples:
         raise ValueError("the split has no rows")
     task = _single_task(samples)
     metric = get_metric(task)
     answers = [parse_answer(responses.get(s.index, ""), think=s.think) for s in samples]
-    metrics = {"task": task, **_answer_counts(answers, samples, responses, metric.boxes)}
-    return metric.evaluate(samples, answers, metrics, ScoreOptions(annotations, zh_tokenizer))
+    extras = extras or {}
+    metrics = {"task": task, **_answer_counts(answers, samples, responses, metric.boxes, extras)}
+    scored = metric.evaluate(samples, answers, metrics, ScoreOptions(annotations, zh_tokenizer, responses, extras))
+    for r, s in zip(scored.records, samples, strict=True):  # the report marks the rows cut at the limit
+        r["finish_reason"] = finish_of(extras.get(s.index)) if s.index in responses else None
+    if metric.frame_fit is not None:
+        scored.metrics["frame_diagnosis"] = diagnosis = diagnose(metric.frame_fit, samples, answers)
+        line = diagnosis_line(diagnosis)
+        if line:
+            scored.warnings.append(line)
+    return scored
 
 
 def _table(rows: dict[str, dict], names: list[str], first: str) -> list[str]:
@@ -74,7 +106,13 @@ def markdown(scored: Scored, title: str) -> str:
     for key, label in (("by_split", "split"), ("by_language", "language")):
         if m.get(key):
             lines += ["", *_table(m[key], names, label)]
-    counts = ", ".join(f"{k} {m[k]}" for k in ("n_missing", "n_unparsable", "n_empty", "n_truncated"))
+    if m.get("score_conventions"):
+        lines += ["", "Box score conventions of the AP columns (AP, AP50, ... are the paper's):"]
+        lines += [f"- {name}: {rule}" for name, rule in m["score_conventions"].items()]
+    counts = ", ".join(
+        f"{k} {m[k]}"
+        for k in ("n_missing", "n_unparsable", "n_empty", "n_truncated", "n_hit_length", "n_finish_unknown")
+    )
     lines += ["", f"Responses: {counts}."]
     if scored.coco_summary:
         lines += ["", "```", scored.coco_summary.rstrip(), "```"]
@@ -111,8 +149,9 @@ def score(
     Returns ``metrics.json``'s content.
     """
     samples = read_split(data)
-    by_index, stats = read_responses(responses)
-    scored = score_samples(samples, by_index, annotations=annotations, zh_tokenizer=zh_tokenizer)
+    extras: dict = {}
+    by_index, stats = read_responses(responses, extras)
+    scored = score_samples(samples, by_index, annotations=annotations, zh_tokenizer=zh_tokenizer, extras=extras)
     known = {s.index for s in samples}
     stats["unmatched"] = sum(i not in known for i in by_index)
     scored.metrics["responses"] = stats

@@ -2,7 +2,7 @@
 
 Accepted answer styles (``Answer.style``):
 
-- ``json``: Qwen2.5-VL / Qwen3-VL objects ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cat"}]``
+- ``json``: Qwen2.5-VL / Qwen3-VL / Qwen3.5 objects ``[{"bbox_2d": [x1, y1, x2, y2], "label": "cat"}]``
   (also ``point_2d``), fenced in ```json or bare, a single object, or a bare list of
   boxes;
 - ``box_tokens``: Qwen2-VL ``<|object_ref_start|>cat<|object_ref_end|><|box_start|>(x1,y1),
@@ -13,7 +13,9 @@ Accepted answer styles (``Answer.style``):
   what Qwen2-VL box tokens become when a decoder drops special tokens).
 
 Any of them may sit inside ``<answer>...</answer>`` and, when the prompt asks for
-thinking, after a ``<think>...</think>`` block; end tokens a decoder kept
+thinking, after a ``<think>...</think>`` block, whose opening tag is missing when the chat
+template wrote it into the prompt (Qwen3.5 from 4B up opens ``<think>\\n`` by default, so
+the response is ``reasoning</think>\\n\\nanswer``); end tokens a decoder kept
 (``END_TOKENS``) are dropped; several fenced blocks are read one after the other.
 
 Reading is lenient, paying format is not. JSON that a strict parser (orjson) accepts takes
@@ -47,6 +49,7 @@ __all__ = [
     "bare_count",
     "distinct_boxes",
     "parse_answer",
+    "think_end",
 ]
 
 # Hard caps on the work one completion can cause (a policy in a repetition loop writes
@@ -56,7 +59,6 @@ MAX_CHARS = 65536  # 8x a 2048-token response of 4-character tokens
 MAX_BLOCKS = 64
 # Special tokens that end a Qwen-VL turn, kept by callers that decode with special tokens.
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-_THINK = re.compile(r"\s*<think>.*?</think>\s*", re.S)
 _ANSWER = re.compile(r"<answer>(.*?)(</answer>|$)", re.S)
 # A fence opens a line (as markdown has it, and the Qwen cookbooks' parse_json reads it):
 # "```" inside a JSON string is text.
@@ -171,11 +173,32 @@ def _strip_end_tokens(text: str) -> str:
         end -= len(token)
 
 
+def think_end(text: str) -> int:
+    """Where the answer starts after ``text``'s leading think block, -1 when it has none.
+
+    The block is ``<think>...</think>`` at the start, or ``...</think>`` with no opening tag
+    before it: the chat template opened the block in the prompt, so the response begins
+    inside it. An opening tag after other text is no leading block (str.find: linear).
+
+    >>> think_end("<think>a</think>[1]"), think_end("a</think>[1]"), think_end("x<think>a</think>[1]"), think_end("[1]")
+    (16, 9, -1, -1)
+    """
+    close = text.find("</think>")
+    if close < 0:
+        return -1
+    opened = text.find("<think>", 0, close)
+    if opened >= 0 and text[:opened].strip():
+        return -1
+    return close + len("</think>")
+
+
 def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool, bool]:
     """The answer bodies of a completion (one per fenced block, else one), whether its
     tags are as asked, and whether it was cut. Trailing ``END_TOKENS`` are dropped.
 
     >>> answer_parts("<think>two cats</think><answer>[1, 2, 3, 4]</answer><|im_end|>", think=True)
+    (['[1, 2, 3, 4]'], True, False)
+    >>> answer_parts("two cats</think>\\n\\n<answer>[1, 2, 3, 4]</answer>", think=True)  # template-opened
     (['[1, 2, 3, 4]'], True, False)
     >>> answer_parts("```json\\n[1, 2, 3, 4]\\n```\\n```json\\n[5, 6")
     (['[1, 2, 3, 4]', '[5, 6'], True, True)
@@ -186,9 +209,9 @@ def answer_parts(completion: str, think: bool = False) -> tuple[list[str], bool,
     # Substring tests first: most completions have no tags, and regexes cost more.
     text = _strip_end_tokens(completion) if "<|" in completion else completion
     tags_ok = True
-    m = _THINK.match(text) if "<think>" in text else None
-    if m:
-        text = text[m.end() :]
+    end = think_end(text) if "</think>" in text else -1
+    if end >= 0:
+        text = text[end:]
     elif think:
         tags_ok = False
     truncated = capped

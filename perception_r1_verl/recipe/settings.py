@@ -1,4 +1,4 @@
-"""The recipe's environment variables, read once, and what the machine offers (GPUs, flash-attn)."""
+"""The recipe's environment variables, read once, and what the machine offers (GPUs, flash-attn, fla)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,26 @@ def flash_attn_error() -> str | None:
     return None
 
 
+def linear_attention_kernels_error() -> str | None:
+    """Why transformers will not run Gated DeltaNet layers on fla's kernels here (``None``: it will).
+
+    verl 0.9.1's packed path (``models/transformers/qwen3_5.py``) hands ``cu_seqlens`` to the
+    layer's ``chunk_gated_delta_rule``; without fla, transformers' fallback
+    (``torch_chunk_gated_delta_rule``) takes them in ``**kwargs`` and ignores them, so the
+    recurrent state runs on from one packed sequence into the next. transformers picks fla
+    only when ``is_flash_linear_attention_available()`` (fla >= 0.2.2 and CUDA).
+    """
+    try:
+        import fla  # noqa: F401
+    except Exception as e:  # ImportError, or a build for another torch
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    from transformers.utils.import_utils import is_flash_linear_attention_available
+
+    if not is_flash_linear_attention_available():
+        return "fla imports, but transformers does not use it here (it needs fla >= 0.2.2 and CUDA)"
+    return None
+
+
 def cuda_gpu_count() -> int:
     """Visible CUDA GPUs (0 without torch or CUDA)."""
     try:
@@ -80,6 +100,10 @@ class Settings:
     # flash-attn imports where training runs; else sdpa attention, no remove-padding.
     flash_attn: bool = True
     filter_groups: bool = False  # FILTER_GROUPS=1: DAPO's eviction of zero-variance groups
+    think: bool = False  # THINK=1: rows ask for thinking, and a template with the switch thinks
+    # Packed sequences are right for the family's text model here (a linear-attention family
+    # needs fla's kernels: linear_attention_kernels_error).
+    packed_ok: bool = True
 
     @classmethod
     def from_env(cls, task: Task, env=None, gpus: int | None = None) -> Settings:
@@ -99,7 +123,8 @@ class Settings:
         lora_alpha = env_int(env, "LORA_ALPHA", lora_rank)
         if lora_rank < 0 or lora_alpha < 0:
             raise SystemExit(f"LORA_RANK={lora_rank} / LORA_ALPHA={lora_alpha} must not be negative")
-        suffix = f"_lora{lora_rank}" if lora_rank else ""
+        think = env_flag(env, "THINK")
+        suffix = (f"_lora{lora_rank}" if lora_rank else "") + ("_think" if think else "")
         root = env.get("DATASET_ROOT")
         curriculum = env_flag(env, "CURRICULUM")
         if curriculum and not task.curriculum:
@@ -133,6 +158,8 @@ class Settings:
             mix=tuple(parse_mix(env.get("MIX") or "", DEFAULT_MIX).items()) if task is MIX else (),
             flash_attn=not gpus or flash_attn_error() is None,
             filter_groups=env_flag(env, "FILTER_GROUPS"),
+            think=think,
+            packed_ok=not family(model_family).linear_attention or linear_attention_kernels_error() is None,
         )
 
     @property

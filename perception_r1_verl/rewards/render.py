@@ -19,7 +19,7 @@ def render_answer(task: str, ground_truth: dict, model_family: str, think: bool 
     """The exact answer a perfect model gives for ``ground_truth`` (a parsed contract dict):
     the ``render_answer`` of the task's reward class (``rewards.REWARDS``).
 
-    Qwen2-VL answers with box tokens, Qwen2.5-VL and Qwen3-VL with JSON; "no objects" is
+    Qwen2-VL answers with box tokens, Qwen2.5-VL, Qwen3-VL and Qwen3.5 with JSON; "no objects" is
     ``[]`` in every family; counting answers with points (box tokens: degenerate boxes),
     placed along the diagonal when the ground truth has a count but no points.
 
