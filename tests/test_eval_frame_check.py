@@ -12,7 +12,7 @@ from eval_fixtures import make_split, write_responses
 
 from perception_r1_verl.eval.frame_check import FLOOR, FRAMES, RATIO, grounding_fit, verdict
 from perception_r1_verl.eval.score import score
-from perception_r1_verl.frames import answer_frame, scale_box, smart_resize
+from perception_r1_verl.frames import answer_frame, clip_box, scale_box, smart_resize
 
 SIZES = [(640, 480), (640, 427), (500, 375), (480, 640), (1024, 768), (612, 612), (333, 500), (1280, 960)] * 2
 
@@ -136,7 +136,7 @@ def simulated_fits(answers_in: str, split: str, jitter: float, rng, n: int = 400
         p = np.array(truth) + rng.normal(0, jitter, 4) * np.array([bw, bh, bw, bh])
         p = scale_box([min(p[0], p[2]), min(p[1], p[3]), max(p[0], p[2]), max(p[1], p[3])], frame, sizes[answers_in])
         for f, size in sizes.items():
-            fits[f].append(grounding_fit([scale_box(p, size, frame)], {"bbox_2d": truth}))
+            fits[f].append(grounding_fit([clip_box(scale_box(p, size, frame), frame)], {"bbox_2d": truth}))
     return {f: float(np.mean(v)) for f, v in fits.items()}
 
 

@@ -341,6 +341,7 @@ def test_on_a_gpu_machine_the_shell_recipe_execs_the_printed_command(tmp_path, q
         **recipe_env("refcoco", tmp_path / "data", qwen2_5_vl_processor_dir, N_GPUS_PER_NODE="2", SAMPLE_RUN="1"),
         "PR1_PYTHON": str(python),
         "CHECK_ROWS": "1",
+        "PREFLIGHT_ROWS": "0",  # the zero-shot preflight: test_a_gpu_launch_is_preceded_by_the_zero_shot_preflight
         "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
     }
     out = subprocess.run(
@@ -355,6 +356,28 @@ def test_on_a_gpu_machine_the_shell_recipe_execs_the_printed_command(tmp_path, q
     assert ran[1:7] == ["-m", LAUNCH_MODULE, "--config-path", str(CONFIG), "--config-name", "refcoco"]
     assert ran[-1] == "trainer.total_epochs=3"
     assert "actor_rollout_ref.model.use_remove_padding=False" in ran  # no flash-attn on this machine
+
+
+def test_a_gpu_launch_is_preceded_by_the_zero_shot_preflight(tmp_path, monkeypatch, capsys, qwen2_5_vl_processor_dir):
+    """With GPUs the recipe scores the base model on 64 val rows per task first (recipe/zero_shot.py,
+    tests/test_zero_shot.py) and stops on a frame mismatch; PREFLIGHT_ROWS sets the rows, 0 skips."""
+    for name, value in recipe_env("refcoco", tmp_path, qwen2_5_vl_processor_dir, SAMPLE_RUN="1").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(recipe_main, "cuda_gpu_count", lambda: 1)
+    calls = []
+
+    def zero_shot(model, val_files, rows, out_dir, max_new_tokens):
+        calls.append((model, val_files, rows, max_new_tokens))
+        return ["refcoco/val: frame: the answers look like relative 0-1000 ..."] if len(calls) == 1 else []
+
+    monkeypatch.setattr(recipe_main, "zero_shot", zero_shot)
+    argv = ["refcoco", "--rows", "1", "--config-dir", str(CONFIG), "--plan", str(tmp_path / "plan.sh")]
+    assert recipe_main.main(argv) == 1
+    assert "not training:\n  refcoco/val: frame: the answers look like" in capsys.readouterr().err
+    assert calls == [(str(qwen2_5_vl_processor_dir), [str(tmp_path / "refcoco" / "sample" / "val.parquet")], 64, 768)]
+    assert recipe_main.main(argv) == 0 and "[recipe] launching on 1 GPU(s)" in capsys.readouterr().out
+    monkeypatch.setenv("PREFLIGHT_ROWS", "0")
+    assert recipe_main.main(argv) == 0 and len(calls) == 2
 
 
 @pytest.mark.parametrize("task", ["refcoco", "pixmo_count", "page_ocr"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..boxes import iou
-from ..frames import RELATIVE_SCALE, row_frame, scale_box
+from ..frames import RELATIVE_SCALE, clip_box, row_frame, scale_box
 
 RATIO = 2.0  # another frame must fit at least twice as well ...
 FLOOR = 0.1  # ... and 0.1 better in absolute terms (IoU or hit share)
@@ -161,7 +161,8 @@ def diagnose(fit, samples, answers) -> dict:
         if not boxes:
             continue
         for candidate, size in sizes.items():
-            value = fit([scale_box(b, size, frame) for b in boxes], s.ground_truth)
+            # clipped to the frame as the metrics clip, so the expected frame's fit is the metric's IoU
+            value = fit([clip_box(scale_box(b, size, frame), frame) for b in boxes], s.ground_truth)
             if value is not None:
                 per_frame[candidate].append(value)
     n_rows = len(per_frame[expected]) if expected else 0

@@ -25,6 +25,7 @@ from perception_r1_verl.recipe.settings import (
     linear_attention_kernels_error,
 )
 from perception_r1_verl.recipe.tasks import MIX, TASKS, task_named
+from perception_r1_verl.recipe.zero_shot import preflight_rows, zero_shot
 
 
 def plan_text(overrides: list[str], launch: bool, env: dict[str, str]) -> str:
@@ -41,10 +42,15 @@ def plan_text(overrides: list[str], launch: bool, env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def val_files_of(config) -> list[str]:
+    """``data.val_files``, one file or a list (a mix), as a list."""
+    files = config.data.val_files
+    return [files] if isinstance(files, str) else list(files)
+
+
 def reward_check(config, rows_per_file: int, allow_offline: bool) -> list[str]:
     """Score the first rows of every val file through the configured manager; the problems found."""
-    val_files = config.data.val_files
-    val_files = [val_files] if isinstance(val_files, str) else list(val_files)
+    val_files = val_files_of(config)
     print(
         f"[recipe] scoring {rows_per_file} val rows of each of {len(val_files)} val file(s) through the reward "
         f"manager {config.reward.reward_manager.name!r}"
@@ -111,6 +117,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    rows = preflight_rows(os.environ.get("PREFLIGHT_ROWS"), launch)
+    if rows:
+        print(f"[recipe] zero-shot preflight: {settings.model_path} on {rows} val rows of each task", flush=True)
+        problems = zero_shot(
+            settings.model_path,
+            val_files_of(config),
+            rows,
+            settings.data_dir / "preflight",
+            config.data.max_response_length,
+        )
+        if problems:
+            print(
+                "[recipe] the model answers in another coordinate frame than the data expects; not training:\n  "
+                + "\n  ".join(problems)
+                + "\n(PREFLIGHT_ROWS=0 skips this check)",
+                file=sys.stderr,
+            )
+            return 1
     if args.plan:
         # load_tokenizer sets HF_HUB_OFFLINE when the hub does not answer: the trainer's workers need it too.
         exported = {"HF_HUB_OFFLINE": "1"} if os.environ.get("HF_HUB_OFFLINE") == "1" else {}

@@ -73,6 +73,9 @@ GRPO = [
     f"trainer.test_freq={RESUME_AT}",
 ]
 METRIC = "mIoU"
+# The recipe's zero-shot preflight (recipe/zero_shot.py) on the SFT start's val rows, through
+# vLLM as on a GPU: the CPU run of the code path that stops a GPU run in the wrong frame.
+PREFLIGHT_ROWS = 16
 # GRPO must beat SFT on held-out mIoU by more than twice the larger standard deviation of a
 # checkpoint's held-out mIoU over seeds 0-2 (bench/miniature_noise.py, 2026-12-04, with the
 # sampling above: SFT 0.0014 +- 0.0023, GRPO 0.0904 +- 0.0224, so 0.045), and the training
@@ -206,8 +209,9 @@ def run(out: Path, seed: int = 0, extra=(), with_resume: bool = True, train=plai
     env = {"MODEL_PATH": str(sft_dir), "DATA_DIR": str(out / "data"), "SEED": str(seed + 1)}
     grpo = [*GRPO, *extra]
     run_dir = out / "runs" / "grpo"
-    steps = train(run_dir, "refcoco", grpo, env)
+    steps = train(run_dir, "refcoco", grpo, {**env, "PREFLIGHT_ROWS": str(PREFLIGHT_ROWS)})
     stage("grpo")
+    preflight = json.loads((files["dev"].parent / "preflight" / "refcoco" / "metrics.json").read_text())
     merged = merge(run_dir / "checkpoints" / f"global_step_{STEPS}", out / "models" / "grpo")
     heldout = {
         "sft": evaluate(sft_dir, files["test"], out / "eval" / "sft"),
@@ -224,6 +228,7 @@ def run(out: Path, seed: int = 0, extra=(), with_resume: bool = True, train=plai
         "entropy_by_step": [steps[s]["actor/entropy"] for s in sorted(steps)],
         "reward_thirds": thirds(rewards),
         "sft": sft_stats,
+        "preflight": {k: preflight[k] for k in ("n_samples", METRIC, "n_unparsable", "frame_diagnosis")},
     }
     if with_resume:
         result["resume"] = resume(run_dir, out / "runs" / "grpo_resumed", grpo, env)
@@ -249,6 +254,9 @@ def check_result(result: dict, thresholds: dict = THRESHOLDS) -> list[str]:
             f"{[round(r, 3) for r in result['reward_by_step']]}, entropy "
             f"{[round(e, 2) for e in result.get('entropy_by_step', [])]}"
         )
+    preflight = result.get("preflight")  # absent from results written before it existed (the bench's --resume)
+    if preflight is not None and preflight["n_samples"] != PREFLIGHT_ROWS:
+        problems.append(f"the recipe's zero-shot preflight scored {preflight['n_samples']} rows")
     resumed = result.get("resume")
     if resumed:
         expected = list(range(1, resumed["steps"][-1] + 1))

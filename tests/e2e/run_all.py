@@ -137,7 +137,8 @@ class Runner:
             f"miniature seed {seed}: held-out {result['metric']} SFT {held['sft'][result['metric']]:.4f} -> "
             f"GRPO {held['grpo'][result['metric']]:.4f}; training reward first third {result['reward_thirds'][0]:.3f} "
             f"-> last third {result['reward_thirds'][1]:.3f}; resumed steps {result['resume']['steps']} drew the "
-            f"uninterrupted run's rows; stages {result['timings_s']}"
+            f"uninterrupted run's rows; the recipe's zero-shot preflight on the SFT start {result['preflight']}; "
+            f"stages {result['timings_s']}"
         )
         problems = miniature.check_result(result)
         assert not problems, "the miniature did not learn:\n  " + "\n  ".join(problems)
