@@ -223,3 +223,25 @@ def check_weights_moved(initial: Path, merged: Path) -> int:
     changed = sum(int((before[k].float() != after[k].float()).sum()) for k in common)
     assert changed > 0, f"{merged}: every weight equals the initial model's after training"
     return changed
+
+
+def check_generation_fields(responses: list[dict]) -> dict:
+    """``generate --logprobs`` lines from a real engine: each says why it stopped, and its
+    log-probabilities either spell the response token by token or say why not; the counts.
+
+    >>> check_generation_fields([{"response": "[1]", "finish_reason": "stop", "logprobs": [-0.1, 0.0], "token_ends": [2, 3]},
+    ...                          {"response": "x", "finish_reason": "length", "logprobs_error": "the tokens do not spell"}])
+    {'stop': 1, 'length': 1, 'aligned': 1, 'not_aligned': 1}
+    """
+    counts = {"stop": 0, "length": 0, "aligned": 0, "not_aligned": 0}
+    for r in responses:
+        assert r.get("finish_reason") in ("stop", "length"), f"finish_reason of {r}"
+        counts[r["finish_reason"]] += 1
+        if "logprobs_error" in r:
+            counts["not_aligned"] += 1
+            continue
+        lps, ends = r["logprobs"], r["token_ends"]
+        ok = len(lps) == len(ends) and all(lp <= 0 for lp in lps) and ends == sorted(set(ends))
+        assert ok and (ends[-1] if ends else 0) == len(r["response"]), f"token log-probabilities of {r}"
+        counts["aligned"] += 1
+    return counts

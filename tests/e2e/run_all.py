@@ -172,7 +172,7 @@ class Runner:
              "--local_dir", str(checkpoint / "actor"), "--target_dir", str(merged)],
             [py, "-m", "perception_r1_verl.eval.cli", "generate", "--model", str(merged), "--data", str(val),
              "--out", str(eval_dir / "responses.jsonl"), "--backend", "vllm", "--max-new-tokens", "48",
-             "--max-model-len", "4096"],
+             "--max-model-len", "4096", "--logprobs"],
             [py, "-m", "perception_r1_verl.eval.cli", "score", "--data", str(val),
              "--responses", str(eval_dir / "responses.jsonl"), "--out", str(eval_dir / "scores"), "--no-report"],
         ):  # fmt: skip
@@ -192,9 +192,12 @@ class Runner:
         changed = check.check_weights_moved(self.models / model, trained)
         written = sorted(p.name for p in (eval_dir / "scores").iterdir())
         assert written, f"score wrote nothing in {eval_dir / 'scores'}"
+        fields = check.check_generation_fields(responses)
+        metrics = json.loads((eval_dir / "scores" / "metrics.json").read_text())
+        assert metrics["n_finish_unknown"] == 0 and metrics["n_hit_length"] == fields["length"], metrics
         self.report.append(
             f"eval {task}: merged ({changed} weights differ from the initial model), {len(responses)}/{expected} val rows answered by vLLM, scores {written}, "
-            f"{time.monotonic() - start:.0f} s"
+            f"stop reasons and token log-probabilities {fields}, {time.monotonic() - start:.0f} s"
         )
 
 
