@@ -141,7 +141,7 @@ class Runner:
             f"stages {result['timings_s']}"
         )
         problems = miniature.check_result(result)
-        assert not problems, "the miniature did not learn:\n  " + "\n  ".join(problems)
+        assert not problems, "the miniature did not learn:\n  " + "\n  ".join([*problems, miniature.trajectory(result)])
         return result
 
     def curves(self, run_dirs: list[Path], out: Path) -> None:
@@ -207,6 +207,20 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(out / leftover, ignore_errors=True)
     runner = Runner(out)
     start = time.monotonic()
+    try:
+        run_stages(runner, out)
+    except BaseException:  # what had passed, and the lines of the launch that failed, for CI's log
+        print("\n[e2e] FAILED; reported before the failure:\n  " + "\n  ".join(runner.report), flush=True)
+        raise
+    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in runner.stages.items())
+    print(
+        "\n[e2e] passed:\n  " + "\n  ".join(runner.report)
+        + f"\n  stages: {stages}\n  total {time.monotonic() - start:.0f} s"
+    )  # fmt: skip
+    return 0
+
+
+def run_stages(runner: Runner, out: Path) -> None:
     tiny_models.main([str(runner.models)])
     runner.stage("tiny models")
 
@@ -238,13 +252,6 @@ def main(argv: list[str]) -> int:
     runner.stage("perception_mix LoRA")
     runner.evaluate(mix_dir / "checkpoints" / "global_step_2", "perception_mix/refcoco", "tiny-Qwen2-VL")
     runner.stage("LoRA merge and vLLM evaluation")
-
-    stages = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in runner.stages.items())
-    print(
-        "\n[e2e] passed:\n  " + "\n  ".join(runner.report)
-        + f"\n  stages: {stages}\n  total {time.monotonic() - start:.0f} s"
-    )  # fmt: skip
-    return 0
 
 
 if __name__ == "__main__":
